@@ -1,0 +1,517 @@
+"""One cgroup manager for v1, v2 and hybrid hosts, rootful or rootless (delegated).
+
+Paths are resolved the way runc's cgroupfs driver does it: an absolute cgroupsPath lives under each
+controller's mount, a relative one beneath the caller's own cgroup of that controller, and an absent
+one defaults to the relative path `<container id>`. Rootless, "the caller's own cgroup" is replaced by
+a cgroup the user owns: its own one when it owns it, else the subtree `ocirt/<user>` that
+`ocirt cgroup delegate` made for it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from ocirt.cgroups import fs, v1, v2
+from ocirt.errors import CgroupError
+
+# typing, signal and enum cost milliseconds at import; this module is on every command's path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_SIGKILL = 9
+
+__all__ = ["DEVICES_ROOTLESS_NOTICE", "STATE_VERSION", "UNIFIED", "CgroupError", "Manager", "Mount", "detect_mode",
+           "load_manager", "mounts", "open_manager", "own_cgroups", "parse_mountinfo"]
+
+V1_CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
+                  "net_cls", "net_prio", "perf_event", "rdma", "misc", "name=systemd")
+UNIFIED = "unified"
+STATE_VERSION = 1
+DEVICES_ROOTLESS_NOTICE = ("devices cgroup rules are not applied in rootless mode; "
+                           "the user namespace already forbids mknod")
+# Controllers a pure-v2 container gets even without limits, so stats and later updates work.
+_V2_DEFAULT_CONTROLLERS = ("cpu", "memory", "pids", "io", "cpuset", "hugetlb")
+# The directory listed by pids(): the first of these the manager has.
+_PIDS_SOURCES = ("pids", "freezer", "memory", "cpu", "cpuacct", "blkio", "cpuset", "devices", "name=systemd", UNIFIED)
+
+
+class Mount:
+    """Where a hierarchy is mounted, and which cgroup of it the mount shows as its root."""
+
+    __slots__ = ("mountpoint", "root")
+
+    def __init__(self, mountpoint: str, root: str):
+        self.mountpoint = mountpoint
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mount) and (self.mountpoint, self.root) == (other.mountpoint, other.root)
+
+    def __hash__(self) -> int:
+        return hash((self.mountpoint, self.root))
+
+    def __repr__(self) -> str:
+        return f"Mount({self.mountpoint!r}, {self.root!r})"
+
+
+class _MountTable:
+    __slots__ = ("v1", "v2")
+
+    def __init__(self, v1_mounts: dict[str, Mount], v2_mount: Mount | None):
+        self.v1 = v1_mounts
+        self.v2 = v2_mount
+
+
+_mount_cache: dict[str, Any] = {}
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo octal escapes."""
+    if "\\" not in field:
+        return field
+    raw = field.encode()
+    out = bytearray()
+    index = 0
+    while index < len(raw):
+        chunk = raw[index + 1:index + 4]
+        if raw[index] == 0x5C and len(chunk) == 3 and all(0x30 <= byte <= 0x37 for byte in chunk):
+            out.append(int(chunk, 8))
+            index += 4
+        else:
+            out.append(raw[index])
+            index += 1
+    return out.decode(errors="surrogateescape")
+
+
+def parse_mountinfo(text: str) -> _MountTable:
+    """cgroup mounts from mountinfo text; the first mount of each hierarchy wins."""
+    v1_mounts: dict[str, Mount] = {}
+    v2_mount: Mount | None = None
+    for line in text.splitlines():
+        if "cgroup" not in line:
+            continue
+        fields = line.split()
+        try:
+            separator = fields.index("-")
+        except ValueError:
+            continue
+        fstype = fields[separator + 1]
+        mount = Mount(_unescape(fields[4]), _unescape(fields[3]))
+        if fstype == "cgroup2":
+            if v2_mount is None:
+                v2_mount = mount
+        elif fstype == "cgroup":
+            for option in fields[separator + 3].split(","):
+                if (option in V1_CONTROLLERS or option.startswith("name=")) and option not in v1_mounts:
+                    v1_mounts[option] = mount
+    return _MountTable(v1_mounts, v2_mount)
+
+
+def mounts() -> _MountTable:
+    """The cgroup mounts of this process, cached."""
+    table = _mount_cache.get("table")
+    if table is None:
+        with open("/proc/self/mountinfo") as handle:
+            table = parse_mountinfo(handle.read())
+        _mount_cache["table"] = table
+    return table
+
+
+def detect_mode() -> str:
+    """"v1", "v2" or "hybrid" (v1 controllers plus a cgroup2 mount beside them)."""
+    table = mounts()
+    has_v1 = any(not name.startswith("name=") for name in table.v1)
+    if has_v1 and table.v2 is not None:
+        return "hybrid"
+    if has_v1:
+        return "v1"
+    if table.v2 is not None:
+        return "v2"
+    raise CgroupError("no cgroup filesystem is mounted (see /proc/self/mountinfo)")
+
+
+def own_cgroups(pid: int | str = "self") -> dict[str, str]:
+    """controller -> cgroup path from /proc/<pid>/cgroup; the v2 entry is under the key "unified"."""
+    cached = _mount_cache.get("own") if pid == "self" else None
+    if cached is not None:
+        return cached
+    result: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup") as handle:
+        for line in handle:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) != 3:
+                continue
+            if parts[1] == "":
+                result[UNIFIED] = parts[2]
+            else:
+                for controller in parts[1].split(","):
+                    result[controller] = parts[2]
+    if pid == "self":
+        _mount_cache["own"] = result
+    return result
+
+
+def _clean(inner: str) -> str:
+    """Normalise a cgroupsPath so that `..` can never climb out of the hierarchy."""
+    cleaned = posixpath.normpath("/" + inner).lstrip("/")
+    return "/" + cleaned if inner.startswith("/") else cleaned
+
+
+def _own_dir(mount: Mount, own_path: str | None) -> str:
+    own_path = own_path or "/"
+    if mount.root != "/" and (own_path == mount.root or own_path.startswith(mount.root + "/")):
+        own_path = own_path[len(mount.root):] or "/"
+    return posixpath.join(mount.mountpoint, own_path.lstrip("/")).rstrip("/") or "/"
+
+
+def _is_ancestor_or_same(candidate: str, path: str) -> bool:
+    return path == candidate or path.startswith(candidate.rstrip("/") + "/")
+
+
+def _owned(directory: str) -> bool:
+    try:
+        return os.stat(directory).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _fix_hint(user: str, controllers: list[str]) -> str:
+    return f"run `ocirt cgroup delegate --user {user} --controllers {','.join(controllers)}` as root"
+
+
+class _Resolver:
+    """Turns (cgroupsPath, rootless) into one directory per hierarchy."""
+
+    def __init__(self, container_id: str, cgroups_path: str | None, rootless: bool):
+        self.inner = _clean(cgroups_path) if cgroups_path else container_id
+        if self.inner in ("", "/"):
+            raise CgroupError(f"cgroupsPath {cgroups_path!r} names the root cgroup; a container needs its own")
+        self.rootless = rootless
+        self.own = own_cgroups()
+        self.user = _user_name() if rootless else ""
+
+    def base(self, mount: Mount, key: str) -> str | None:
+        own_dir = _own_dir(mount, self.own.get(key))
+        if not self.rootless:
+            return own_dir
+        if _owned(own_dir):
+            return own_dir
+        delegated = posixpath.join(mount.mountpoint, "ocirt", self.user)
+        if os.path.isdir(delegated) and _owned(delegated):
+            return delegated
+        return None
+
+    def directory(self, mount: Mount, key: str) -> str | None:
+        if self.inner.startswith("/"):
+            path = posixpath.join(mount.mountpoint, self.inner.lstrip("/"))
+        else:
+            base = self.base(mount, key)
+            if base is None:
+                return None
+            path = posixpath.join(base, self.inner)
+        own_dir = _own_dir(mount, self.own.get(key))
+        if path.rstrip("/") == mount.mountpoint.rstrip("/") or _is_ancestor_or_same(path, own_dir):
+            raise CgroupError(f"refusing cgroup {path} for the container: it holds the runtime's own cgroup")
+        return path
+
+
+def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
+                 resources: dict | None) -> Manager:
+    mode = detect_mode()
+    table = mounts()
+    resolver = _Resolver(container_id, cgroups_path, rootless)
+    notices: list[str] = []
+    paths: dict[str, str] = {}
+    skipped: list[str] = []
+
+    v1_resources, unified_resources = _split_resources(mode, table, resources)
+    if mode == "v2":
+        steps_v2 = v2.plan(resources, notices)
+        assert table.v2 is not None
+        directory = resolver.directory(table.v2, UNIFIED)
+        if directory is None or (rootless and not v2.writable(directory)):
+            needed = sorted(v2.controllers_needed(steps_v2))
+            if needed:
+                raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
+                                  f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")
+            notices.append(f"no cgroup is delegated to user {resolver.user}: cgroup limits are not applied")
+        else:
+            paths[UNIFIED] = directory
+        return Manager(container_id, mode, rootless, paths, table.v2.mountpoint, resources, notices)
+
+    steps_v1 = v1.plan(v1_resources, notices)
+    needed_v1 = {controller for controller, _name, _value in steps_v1}
+    for controller in V1_CONTROLLERS:
+        mount = table.v1.get(controller)
+        if mount is None:
+            continue
+        if rootless and controller == "devices":
+            notices.append(DEVICES_ROOTLESS_NOTICE)
+            continue
+        directory = resolver.directory(mount, controller)
+        if directory is not None and (not rootless or v1.writable(directory)):
+            paths[controller] = directory
+        elif controller in needed_v1:
+            raise CgroupError(f"cannot apply {controller} limits: the {controller} cgroup is not delegated to "
+                              f"user {resolver.user}; {_fix_hint(resolver.user, [controller])}")
+        elif not controller.startswith("name="):
+            skipped.append(controller)
+    for controller in sorted(needed_v1 - set(paths)):
+        if not (rootless and controller == "devices"):
+            raise CgroupError(f"cannot apply {controller} limits: the {controller} cgroup controller is not "
+                              "mounted on this host")
+    if skipped:
+        notices.append(f"cgroup controllers not delegated to user {resolver.user}, so not used: "
+                       f"{', '.join(skipped)}")
+
+    v2_mountpoint = None
+    if mode == "hybrid" and table.v2 is not None:
+        v2_mountpoint = table.v2.mountpoint
+        steps_v2 = v2.plan(unified_resources, notices)
+        # Rootless, the unified hierarchy only matters when a limit lives there: moving a task into
+        # it needs write access to the common ancestor, which an unprivileged user rarely has.
+        if not rootless or steps_v2:
+            directory = resolver.directory(table.v2, UNIFIED)
+            if directory is None or (rootless and not v2.writable(directory)):
+                needed = sorted(v2.controllers_needed(steps_v2)) or ["unified"]
+                raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
+                                  f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")
+            paths[UNIFIED] = directory
+    return Manager(container_id, mode, rootless, paths, v2_mountpoint, resources, notices)
+
+
+def _split_resources(mode: str, table: _MountTable, resources: dict | None) -> tuple[dict | None, dict | None]:
+    """On a hybrid host, the limits of controllers that only cgroup2 offers go to the unified tree."""
+    if mode != "hybrid" or not resources:
+        return resources, None
+    unified_part: dict[str, Any] = {}
+    v1_part = dict(resources)
+    if "hugetlb" not in table.v1 and resources.get("hugepageLimits"):
+        unified_part["hugepageLimits"] = v1_part.pop("hugepageLimits")
+    if resources.get("unified"):
+        unified_part["unified"] = v1_part.pop("unified")
+    return v1_part, unified_part
+
+
+def load_manager(saved: dict) -> Manager:
+    if saved.get("version") != STATE_VERSION:
+        raise CgroupError(f"unsupported cgroup state version {saved.get('version')!r}")
+    return Manager(saved["container_id"], saved["mode"], bool(saved["rootless"]), dict(saved["paths"]),
+                   saved.get("v2_mount"), None, [])
+
+
+class Manager:
+    def __init__(self, container_id: str, mode: str, rootless: bool, paths: dict[str, str],
+                 v2_mount: str | None, resources: dict | None, notices: list[str]):
+        self.container_id = container_id
+        self.mode = mode
+        self.rootless = rootless
+        self._paths = paths
+        self._v2_mount = v2_mount
+        self._resources = resources
+        self.notices: list[str] = notices
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def paths(self) -> dict[str, str]:
+        return dict(self._paths)
+
+    def _directories(self) -> list[str]:
+        """Each distinct directory once (co-mounted controllers share one), unified last."""
+        seen: list[str] = []
+        for key, directory in self._paths.items():
+            if key != UNIFIED and directory not in seen:
+                seen.append(directory)
+        if UNIFIED in self._paths:
+            seen.append(self._paths[UNIFIED])
+        return seen
+
+    def _check_safe(self, directory: str) -> None:
+        """Never touch a mount root or the cgroup the runtime itself runs in (or its parents)."""
+        table = mounts()
+        all_mounts = list(table.v1.items()) + ([(UNIFIED, table.v2)] if table.v2 else [])
+        own = own_cgroups()
+        for key, mount in all_mounts:
+            if not _is_ancestor_or_same(mount.mountpoint, directory):
+                continue
+            if directory.rstrip("/") == mount.mountpoint.rstrip("/") or \
+                    _is_ancestor_or_same(directory, _own_dir(mount, own.get(key))):
+                raise CgroupError(f"refusing to modify {directory}: it holds the runtime's own cgroup")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        created: list[str] = []
+        try:
+            for key, directory in self._paths.items():
+                self._check_safe(directory)
+                on_new = v1.copy_cpuset_from_parent if key == "cpuset" else None
+                fs.make_dirs(directory, created, on_new)
+            if self.mode == "v2" and UNIFIED in self._paths:
+                available = set((fs.read_or_none(posixpath.dirname(self._paths[UNIFIED]),
+                                                 "cgroup.controllers") or "").split())
+                wanted = {name for name in _V2_DEFAULT_CONTROLLERS if name in available}
+                if not self.rootless:
+                    v2.enable_controllers(self._v2_mount or "", self._paths[UNIFIED], wanted)
+            # open_manager already reported this plan's notices; a second copy would only repeat them.
+            self._write(self._resources, [])
+        except BaseException:
+            # Only what this call made, deepest first: a parent it made may meanwhile hold another
+            # container's cgroup, and then its rmdir fails and it stays.
+            for directory in reversed(created):
+                fs.remove_one(directory)
+            raise
+
+    def apply(self, pid: int) -> None:
+        for directory in self._directories():
+            try:
+                fs.write(directory, "cgroup.procs", str(pid))
+            except CgroupError as err:
+                reason = str(err).rsplit(": ", 1)[-1]
+                raise CgroupError(f"cannot move process {pid} into cgroup {directory}: {reason}") from None
+
+    def update(self, resources: dict) -> None:
+        self._write(resources, self.notices)
+
+    def _write(self, resources: dict | None, notices: list[str]) -> None:
+        if not resources:
+            return
+        table = mounts()
+        if self.mode == "v2":
+            steps = v2.plan(resources, notices)
+            directory = self._paths.get(UNIFIED)
+            if directory is None:
+                if steps:
+                    raise CgroupError("cannot apply cgroup limits: the container has no cgroup")
+                return
+            v2.enable_controllers(self._v2_mount or "", directory, v2.controllers_needed(steps))
+            v2.write_steps(steps, directory)
+            return
+        v1_part, unified_part = _split_resources(self.mode, table, resources)
+        steps_v1 = v1.plan(v1_part, notices)
+        if self.rootless:
+            steps_v1 = [step for step in steps_v1 if step[0] != "devices"]
+            missing = sorted({step[0] for step in steps_v1} - set(self._paths))
+            if missing:
+                user = _user_name()
+                raise CgroupError(f"cannot apply {', '.join(missing)} limits: not delegated to user {user}; "
+                                  f"{_fix_hint(user, missing)}")
+        v1.write_steps(steps_v1, self._paths)
+        if unified_part:
+            steps_v2 = v2.plan(unified_part, notices)
+            directory = self._paths.get(UNIFIED)
+            if steps_v2 and directory is None:
+                raise CgroupError("cannot apply hugetlb or unified limits: the container has no cgroup v2 directory")
+            if steps_v2:
+                assert directory is not None
+                v2.enable_controllers(self._v2_mount or "", directory, v2.controllers_needed(steps_v2))
+                v2.write_steps(steps_v2, directory)
+
+    # -- freezer --------------------------------------------------------------------------------
+
+    def _freezer(self) -> tuple[str, str]:
+        if "freezer" in self._paths:
+            return "v1", self._paths["freezer"]
+        if UNIFIED in self._paths and fs.exists(self._paths[UNIFIED], "cgroup.freeze"):
+            return "v2", self._paths[UNIFIED]
+        hint = f"; {_fix_hint(_user_name(), ['freezer'])}" if self.rootless else ""
+        raise CgroupError(f"cannot freeze container {self.container_id}: no freezer cgroup{hint}")
+
+    def freeze(self) -> None:
+        kind, directory = self._freezer()
+        (v1.freeze if kind == "v1" else v2.freeze)(directory)
+
+    def thaw(self) -> None:
+        kind, directory = self._freezer()
+        (v1.thaw if kind == "v1" else v2.thaw)(directory)
+
+    def is_frozen(self) -> bool:
+        try:
+            kind, directory = self._freezer()
+        except CgroupError:
+            return False
+        return (v1.is_frozen if kind == "v1" else v2.is_frozen)(directory)
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        for key in _PIDS_SOURCES:
+            directory = self._paths.get(key)
+            if directory and os.path.isdir(directory):
+                return fs.procs_recursive(directory)
+        return []
+
+    def kill_all(self, sig: int) -> None:
+        if sig == _SIGKILL and UNIFIED in self._paths and os.path.isdir(self._paths[UNIFIED]):
+            if fs.procs_recursive(self._paths[UNIFIED]) or self.mode == "v2":
+                if v2.kill(self._paths[UNIFIED]):
+                    # A task frozen by the v1 freezer only dies once thawed.
+                    if "freezer" in self._paths and self.is_frozen():
+                        self.thaw()
+                    return
+        # Freezing first stops the tasks from forking new ones between listing and signalling.
+        frozen_here = False
+        try:
+            if not self.is_frozen():
+                self.freeze()
+                frozen_here = True
+        except CgroupError:
+            pass
+        try:
+            for pid in self.pids():
+                if pid == os.getpid():
+                    continue
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    continue
+        finally:
+            if frozen_here or sig == _SIGKILL:
+                try:
+                    self.thaw()
+                except CgroupError:
+                    pass
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        if self.mode == "v2":
+            directory = self._paths.get(UNIFIED)
+            return v2.stats(directory) if directory else {"cpu": {}, "memory": {}, "pids": {}, "blkio": {},
+                                                             "hugetlb": {}}
+        data = v1.stats(self._paths)
+        if not data["hugetlb"] and UNIFIED in self._paths and os.path.isdir(self._paths[UNIFIED]):
+            data["hugetlb"] = v2.hugetlb_stats(self._paths[UNIFIED])
+        return data
+
+    def oom_eventfd(self) -> int | None:
+        if self.mode == "v2" or "memory" not in self._paths:
+            return None
+        return v1.oom_eventfd(self._paths["memory"])
+
+    def destroy(self, timeout: float = 2.0) -> None:
+        """Remove the container's cgroups; `timeout` bounds the wait for a busy cgroup to empty."""
+        first_error: CgroupError | None = None
+        for directory in self._directories():
+            try:
+                self._check_safe(directory)
+                fs.remove_tree(directory, timeout)
+            except CgroupError as err:
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+
+    def to_state(self) -> dict:
+        return {"version": STATE_VERSION, "container_id": self.container_id, "mode": self.mode,
+                "rootless": self.rootless, "paths": dict(self._paths), "v2_mount": self._v2_mount}

@@ -1,0 +1,163 @@
+"""Reading and writing cgroupfs files, shared by the v1 and v2 code.
+
+Every kernel refusal becomes a CgroupError that names the file and the value, because a bare
+errno ("Invalid argument") tells nobody which of a dozen limits was wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from ocirt.errors import CgroupError
+
+
+def describe_errno(code: int | None) -> str:
+    if code is None:
+        return "unknown error"
+    return os.strerror(code).lower()
+
+
+def write(directory: str, name: str, value: str) -> None:
+    path = os.path.join(directory, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ENOENT and os.path.isdir(directory):
+            raise CgroupError(f"cannot set {name} to {value}: the kernel offers no {name} in {directory}") from None
+        raise CgroupError(f"cannot set {name} to {value}: {describe_errno(err.errno)}") from None
+    try:
+        os.write(fd, value.encode())
+    except OSError as err:
+        raise CgroupError(f"cannot set {name} to {value}: {describe_errno(err.errno)}") from None
+    finally:
+        os.close(fd)
+
+
+def read(directory: str, name: str) -> str:
+    with open(os.path.join(directory, name)) as handle:
+        return handle.read().strip()
+
+
+def read_or_none(directory: str, name: str) -> str | None:
+    try:
+        return read(directory, name)
+    except OSError:
+        return None
+
+
+def read_int(directory: str, name: str, default: int = 0) -> int:
+    text = read_or_none(directory, name)
+    if text is None or text == "" or text == "max":
+        return default
+    try:
+        return int(text.split()[0])
+    except ValueError:
+        return default
+
+
+def read_keyed(directory: str, name: str) -> dict[str, int]:
+    """Parse "key value" lines (memory.stat, cpu.stat, memory.events...)."""
+    result: dict[str, int] = {}
+    text = read_or_none(directory, name)
+    if not text:
+        return result
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                result[parts[0]] = int(parts[1])
+            except ValueError:
+                continue
+    return result
+
+
+def exists(directory: str, name: str) -> bool:
+    return os.path.exists(os.path.join(directory, name))
+
+
+def make_dirs(path: str, created: list[str], on_new_dir=None) -> None:
+    """mkdir -p that records, top-down, each directory it made, so a failure can undo exactly those."""
+    missing: list[str] = []
+    probe = path
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise CgroupError(f"cannot create cgroup {directory}: {describe_errno(err.errno)}") from None
+        created.append(directory)
+        if on_new_dir is not None:
+            on_new_dir(directory)
+
+
+def procs_in(directory: str) -> list[int]:
+    text = read_or_none(directory, "cgroup.procs")
+    if not text:
+        return []
+    return [int(line) for line in text.split()]
+
+
+def procs_recursive(directory: str) -> list[int]:
+    found: list[int] = []
+    seen: set[int] = set()
+    for current, subdirs, _files in os.walk(directory):
+        for pid in procs_in(current):
+            if pid not in seen:
+                seen.add(pid)
+                found.append(pid)
+        subdirs.sort()
+    return found
+
+
+def remove_one(directory: str, timeout: float = 0.5) -> bool:
+    """rmdir exactly this cgroup (never its children, which may belong to someone else)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            os.rmdir(directory)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            if err.errno != errno.EBUSY or time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def remove_tree(directory: str, timeout: float = 2.0) -> None:
+    """rmdir the cgroup and its descendants, leaves first.
+
+    A cgroup whose last task just exited stays busy for a moment while the kernel finishes
+    uncharging it, so EBUSY is retried with a short back-off before giving up.
+    """
+    if not os.path.isdir(directory):
+        return
+    leaves_first = [current for current, _dirs, _files in os.walk(directory, topdown=False)]
+    deadline = time.monotonic() + timeout
+    for current in leaves_first:
+        delay = 0.001
+        while True:
+            try:
+                os.rmdir(current)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as err:
+                if err.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                    continue
+                pids = procs_in(current)
+                detail = f" (processes still inside: {' '.join(map(str, pids[:10]))})" if pids else ""
+                raise CgroupError(f"cannot remove cgroup {current}: {describe_errno(err.errno)}{detail}") from None

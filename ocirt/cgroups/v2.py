@@ -1,0 +1,293 @@
+"""cgroup v2: linux.resources to unified-hierarchy files, cgroup.freeze/cgroup.kill and stats."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ocirt.cgroups import fs
+from ocirt.errors import CgroupError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# (controller, file, value); the controller is what must be enabled in the parent's
+# cgroup.subtree_control for the file to exist.
+Step = tuple  # (controller, file, value)
+
+
+def shares_to_weight(shares: int) -> int:
+    """The linear map runc, crun and systemd use: shares 2..262144 onto weight 1..10000."""
+    if shares <= 0:
+        return 0
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def blkio_weight_to_io_weight(weight: int) -> int:
+    """blkio weight 10..1000 onto io.weight 1..10000."""
+    if weight <= 0:
+        return 0
+    return 1 + ((weight - 10) * 9999) // 990
+
+
+def swap_max(swap: int, limit: int) -> int | None:
+    """v1's swap means memory+swap; v2's memory.swap.max is swap alone. None means leave it."""
+    if limit == -1 and not swap:
+        return -1
+    if swap == -1:
+        return -1
+    if not swap:
+        return None
+    if not limit or limit == -1:
+        raise CgroupError("cannot set memory.swap.max: a swap limit needs a memory limit as well")
+    if swap < limit:
+        raise CgroupError(f"cannot set memory.swap.max: memory+swap ({swap}) is below the memory limit ({limit})")
+    return swap - limit
+
+
+def _max(value: int) -> str:
+    return "max" if value < 0 else str(value)
+
+
+def _device(entry: dict) -> str:
+    return f"{int(entry['major'])}:{int(entry['minor'])}"
+
+
+def plan(resources: dict | None, notices: list[str]) -> list[Step]:
+    steps: list[Step] = []
+    if not resources:
+        return steps
+    if resources.get("devices"):
+        notices.append("devices cgroup rules are not applied on cgroup v2 (they need an eBPF program)")
+
+    memory = resources.get("memory") or {}
+    limit = int(memory.get("limit") or 0)
+    swap = int(memory.get("swap") or 0)
+    if memory.get("checkBeforeUpdate") and limit > 0:
+        steps.append(("memory", "@check_usage", limit))
+    swap_value = swap_max(swap, limit)
+    # Setting swap first lets a lower memory.max reclaim into swap instead of failing.
+    if swap_value is not None:
+        steps.append(("memory", "@swap", _max(swap_value)))
+    if limit:
+        steps.append(("memory", "memory.max", _max(limit)))
+    if memory.get("reservation"):
+        steps.append(("memory", "memory.low", _max(int(memory["reservation"]))))
+    for key in ("kernel", "kernelTCP"):
+        if memory.get(key):
+            notices.append(f"memory.{key} is ignored: cgroup v2 has no separate kernel memory limit")
+    if memory.get("swappiness") not in (None, -1, (1 << 64) - 1):
+        notices.append("memory.swappiness is ignored: cgroup v2 has no per-cgroup swappiness")
+    if memory.get("disableOOMKiller"):
+        notices.append("memory.disableOOMKiller is ignored: cgroup v2 cannot disable the OOM killer per cgroup")
+
+    cpu = resources.get("cpu") or {}
+    if cpu.get("shares"):
+        weight = shares_to_weight(int(cpu["shares"]))
+        steps.append(("cpu", "cpu.weight", str(weight)))
+    quota = int(cpu.get("quota") or 0)
+    period = int(cpu.get("period") or 0)
+    if quota or period:
+        steps.append(("cpu", "cpu.max", f"{_max(quota) if quota else 'max'} {period or 100000}"))
+    if cpu.get("burst") is not None:
+        steps.append(("cpu", "cpu.max.burst", str(int(cpu["burst"]))))
+    if cpu.get("idle") is not None:
+        steps.append(("cpu", "cpu.idle", str(int(cpu["idle"]))))
+    if cpu.get("realtimeRuntime") or cpu.get("realtimePeriod"):
+        raise CgroupError("cpu.realtimeRuntime and cpu.realtimePeriod are not supported on cgroup v2")
+    if cpu.get("cpus"):
+        steps.append(("cpuset", "cpuset.cpus", str(cpu["cpus"])))
+    if cpu.get("mems"):
+        steps.append(("cpuset", "cpuset.mems", str(cpu["mems"])))
+
+    pids = resources.get("pids") or {}
+    if pids.get("limit"):
+        steps.append(("pids", "pids.max", _max(int(pids["limit"]))))
+
+    block_io = resources.get("blockIO") or {}
+    if block_io.get("weight"):
+        steps.append(("io", "@weight", int(block_io["weight"])))
+    for entry in block_io.get("weightDevice") or []:
+        if entry.get("weight"):
+            steps.append(("io", "@weight_device", (_device(entry), int(entry["weight"]))))
+    if block_io.get("leafWeight"):
+        notices.append("blockIO.leafWeight is ignored: cgroup v2 has no leaf weight")
+    for key, field in (("throttleReadBpsDevice", "rbps"), ("throttleWriteBpsDevice", "wbps"),
+                       ("throttleReadIOPSDevice", "riops"), ("throttleWriteIOPSDevice", "wiops")):
+        for entry in block_io.get(key) or []:
+            rate = int(entry["rate"])
+            steps.append(("io", "io.max", f"{_device(entry)} {field}={rate if rate > 0 else 'max'}"))
+
+    for entry in resources.get("hugepageLimits") or []:
+        steps.append(("hugetlb", f"hugetlb.{entry['pageSize']}.max", _max(int(entry["limit"]))))
+
+    network = resources.get("network") or {}
+    if network.get("classID") or network.get("priorities"):
+        notices.append("network.classID and network.priorities are ignored: cgroup v2 has no net_cls/net_prio")
+
+    for device_name, limits in (resources.get("rdma") or {}).items():
+        parts = [device_name]
+        if limits.get("hcaHandles") is not None:
+            parts.append(f"hca_handle={int(limits['hcaHandles'])}")
+        if limits.get("hcaObjects") is not None:
+            parts.append(f"hca_object={int(limits['hcaObjects'])}")
+        if len(parts) > 1:
+            steps.append(("rdma", "rdma.max", " ".join(parts)))
+
+    for key, value in (resources.get("unified") or {}).items():
+        if "/" in key or key in (".", "..") or key.startswith("cgroup.procs") or key == "cgroup.threads":
+            raise CgroupError(f"cannot set unified key {key!r}: it is not a cgroup limit file")
+        controller = key.split(".", 1)[0]
+        steps.append((controller if controller != "cgroup" else "", key, str(value)))
+    return steps
+
+
+def write_steps(steps: list[Step], directory: str) -> None:
+    for _controller, name, value in steps:
+        if name == "@check_usage":
+            usage = fs.read_int(directory, "memory.current")
+            if value < usage:
+                raise CgroupError(f"cannot set memory.max to {value}: it is below the current usage of "
+                                  f"{usage} bytes (checkBeforeUpdate)")
+        elif name == "@swap":
+            if not fs.exists(directory, "memory.swap.max"):
+                if value == "max":
+                    continue
+                raise CgroupError(f"cannot set memory.swap.max to {value}: the kernel has no swap accounting")
+            fs.write(directory, "memory.swap.max", value)
+        elif name == "@weight":
+            if fs.exists(directory, "io.bfq.weight"):
+                fs.write(directory, "io.bfq.weight", str(value))
+            else:
+                fs.write(directory, "io.weight", str(blkio_weight_to_io_weight(value)))
+        elif name == "@weight_device":
+            device, weight = value
+            if fs.exists(directory, "io.bfq.weight"):
+                fs.write(directory, "io.bfq.weight", f"{device} {weight}")
+            else:
+                fs.write(directory, "io.weight", f"{device} {blkio_weight_to_io_weight(weight)}")
+        else:
+            fs.write(directory, name, value)
+
+
+def controllers_needed(steps: list[Step]) -> set[str]:
+    return {controller for controller, _name, _value in steps if controller}
+
+
+def enable_controllers(mount_root: str, directory: str, controllers: set[str]) -> None:
+    """Turn the controllers on in every ancestor's subtree_control, top-down, so `directory` gets their files."""
+    if not controllers:
+        return
+    relative = os.path.relpath(directory, mount_root)
+    parts = [] if relative == "." else relative.split("/")
+    current = mount_root
+    for part in parts:
+        available = set((fs.read_or_none(current, "cgroup.controllers") or "").split())
+        enabled = set((fs.read_or_none(current, "cgroup.subtree_control") or "").split())
+        for controller in sorted(controllers - enabled):
+            if controller not in available:
+                raise CgroupError(f"cannot enable the {controller} controller in {current}: "
+                                  f"it is not available there (cgroup.controllers: {' '.join(sorted(available))})")
+            fs.write(current, "cgroup.subtree_control", f"+{controller}")
+        current = os.path.join(current, part)
+
+
+def freeze(directory: str, timeout: float = 5.0) -> None:
+    fs.write(directory, "cgroup.freeze", "1")
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while not is_frozen(directory):
+        if time.monotonic() > deadline:
+            fs.write(directory, "cgroup.freeze", "0")
+            raise CgroupError(f"cannot freeze {directory}: the tasks did not freeze within {timeout:g}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def thaw(directory: str) -> None:
+    fs.write(directory, "cgroup.freeze", "0")
+
+
+def is_frozen(directory: str) -> bool:
+    return fs.read_keyed(directory, "cgroup.events").get("frozen") == 1
+
+
+def kill(directory: str) -> bool:
+    """cgroup.kill SIGKILLs the whole subtree atomically; False when the kernel lacks it (< 5.14)."""
+    if not fs.exists(directory, "cgroup.kill"):
+        return False
+    fs.write(directory, "cgroup.kill", "1")
+    return True
+
+
+def hugetlb_stats(directory: str) -> dict:
+    result: dict[str, dict] = {}
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("hugetlb.") and name.endswith(".current") and name.count(".") == 2:
+            size = name.split(".")[1]
+            result[size] = {"usage": fs.read_int(directory, name),
+                            "max": fs.read_int(directory, f"hugetlb.{size}.max"),
+                            "failcnt": fs.read_keyed(directory, f"hugetlb.{size}.events").get("max", 0)}
+    return result
+
+
+def stats(directory: str) -> dict:
+    data: dict[str, Any] = {}
+    cpu_stat = fs.read_keyed(directory, "cpu.stat")
+    data["cpu"] = {
+        "usage": {"total": cpu_stat.get("usage_usec", 0) * 1000,
+                  "kernel": cpu_stat.get("system_usec", 0) * 1000,
+                  "user": cpu_stat.get("user_usec", 0) * 1000},
+        "throttling": {"periods": cpu_stat.get("nr_periods", 0),
+                       "throttledPeriods": cpu_stat.get("nr_throttled", 0),
+                       "throttledTime": cpu_stat.get("throttled_usec", 0) * 1000},
+    }
+    if fs.exists(directory, "memory.current"):
+        raw = fs.read_keyed(directory, "memory.stat")
+        events = fs.read_keyed(directory, "memory.events")
+        usage = fs.read_int(directory, "memory.current")
+        swap_usage = fs.read_int(directory, "memory.swap.current")
+        data["memory"] = {
+            "cache": raw.get("file", 0),
+            "usage": {"limit": fs.read_int(directory, "memory.max"), "usage": usage,
+                      "max": fs.read_int(directory, "memory.peak"), "failcnt": events.get("max", 0)},
+            "swap": {"limit": fs.read_int(directory, "memory.swap.max"), "usage": swap_usage + usage,
+                     "max": 0, "failcnt": 0},
+            "raw": raw,
+        }
+    else:
+        data["memory"] = {}
+    if fs.exists(directory, "pids.current"):
+        data["pids"] = {"current": fs.read_int(directory, "pids.current"), "limit": fs.read_int(directory, "pids.max")}
+    else:
+        data["pids"] = {}
+    blkio: dict[str, list] = {}
+    text = fs.read_or_none(directory, "io.stat")
+    if text:
+        service_bytes: list[dict] = []
+        serviced: list[dict] = []
+        for line in text.splitlines():
+            parts = line.split()
+            major, minor = (int(item) for item in parts[0].split(":"))
+            fields = dict(item.split("=", 1) for item in parts[1:] if "=" in item)
+            for key, op, target in (("rbytes", "Read", service_bytes), ("wbytes", "Write", service_bytes),
+                                    ("rios", "Read", serviced), ("wios", "Write", serviced)):
+                if key in fields:
+                    target.append({"major": major, "minor": minor, "op": op, "value": int(fields[key])})
+        blkio = {"ioServiceBytesRecursive": service_bytes, "ioServicedRecursive": serviced}
+    data["blkio"] = blkio
+    data["hugetlb"] = hugetlb_stats(directory)
+    return data
+
+
+def writable(directory: str) -> bool:
+    probe = directory
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
+    if probe == directory:
+        return os.access(os.path.join(directory, "cgroup.procs"), os.W_OK)
+    return os.access(probe, os.W_OK | os.X_OK) and os.access(os.path.join(probe, "cgroup.procs"), os.W_OK)
