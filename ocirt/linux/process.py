@@ -1,0 +1,269 @@
+"""The process the container runs: its limits, scheduling, identity and executable.
+
+``plan_process`` parses ``process`` once, in the runtime, before any fork; the ``apply_*`` functions run in
+the init (or in an exec'd process) in the order the kernel needs: limits and scheduling while still
+privileged, then the user switch, then the capability sets, then no_new_privs.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from ocirt import syscalls as sc
+from ocirt.errors import ConfigError, OcirtError
+
+# Linux's numbering (the resource module lacks several of these names).
+RLIMITS = {
+    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+}
+SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH": 3, "SCHED_ISO": 4,
+                  "SCHED_IDLE": 5, "SCHED_DEADLINE": 6}
+SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SCHED_FLAG_DL_OVERRUN": 0x04,
+               "SCHED_FLAG_KEEP_POLICY": 0x08, "SCHED_FLAG_KEEP_PARAMS": 0x10, "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
+               "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}
+IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
+MEMPOLICY_MODES = {"MPOL_DEFAULT": 0, "MPOL_PREFERRED": 1, "MPOL_BIND": 2, "MPOL_INTERLEAVE": 3,
+                   "MPOL_LOCAL": 4, "MPOL_PREFERRED_MANY": 5, "MPOL_WEIGHTED_INTERLEAVE": 6}
+MEMPOLICY_FLAGS = {"MPOL_F_NUMA_BALANCING": 1 << 13, "MPOL_F_RELATIVE_NODES": 1 << 14,
+                   "MPOL_F_STATIC_NODES": 1 << 15}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ProcessPlan:
+    """Everything about ``process`` that the init applies, parsed and checked up front."""
+
+    def __init__(self, process: dict, linux: dict):
+        self.args: list[str] = list(process.get("args") or [])
+        if not self.args:
+            raise ConfigError("$.process.args: the process needs at least one argument")
+        self.env: list[str] = list(process.get("env") or [])
+        self.cwd: str = process.get("cwd") or "/"
+        if not self.cwd.startswith("/"):
+            raise ConfigError(f"$.process.cwd: {self.cwd!r} is not an absolute path")
+        self.terminal = bool(process.get("terminal"))
+        user = process.get("user") or {}
+        self.uid = int(user.get("uid", 0))
+        self.gid = int(user.get("gid", 0))
+        self.additional_gids = [int(g) for g in user.get("additionalGids") or []]
+        self.umask = user.get("umask")
+        self.no_new_privileges = bool(process.get("noNewPrivileges"))
+        self.oom_score_adj = process.get("oomScoreAdj")
+        self.apparmor_profile = process.get("apparmorProfile")
+        self.selinux_label = process.get("selinuxLabel")
+        self.rlimits: list[tuple[str, int, int, int]] = []
+        seen = set()
+        for i, rl in enumerate(process.get("rlimits") or []):
+            name = rl.get("type")
+            if name not in RLIMITS:
+                raise ConfigError(f"$.process.rlimits[{i}].type: unknown rlimit {name!r}")
+            if name in seen:
+                raise ConfigError(f"$.process.rlimits[{i}].type: rlimit {name} is set twice")
+            seen.add(name)
+            soft, hard = int(rl["soft"]), int(rl["hard"])
+            if soft > hard:
+                raise ConfigError(f"$.process.rlimits[{i}]: soft limit {soft} is above hard limit {hard}")
+            self.rlimits.append((name, RLIMITS[name], _rlim(soft), _rlim(hard)))
+        self.scheduler = _plan_scheduler(process.get("scheduler"))
+        self.io_priority = _plan_ioprio(process.get("ioPriority"))
+        self.personality = _plan_personality(linux.get("personality"))
+        self.memory_policy = _plan_mempolicy(linux.get("memoryPolicy"))
+        cpu_affinity = process.get("execCPUAffinity") or {}
+        self.cpu_affinity_initial = _parse_cpus(cpu_affinity.get("initial"), "initial")
+        self.cpu_affinity_final = _parse_cpus(cpu_affinity.get("final"), "final")
+        from ocirt.linux import capabilities
+
+        self.capabilities = capabilities.prepare(process.get("capabilities"))
+
+
+def _rlim(value: int) -> int:
+    # The spec writes "unlimited" as the largest uint64.
+    return resource.RLIM_INFINITY if value >= 2**63 - 1 else value
+
+
+def _plan_scheduler(sched: dict | None):
+    if not sched:
+        return None
+    policy = sched.get("policy")
+    if policy not in SCHED_POLICIES:
+        raise ConfigError(f"$.process.scheduler.policy: unknown policy {policy!r}")
+    flags = 0
+    for flag in sched.get("flags") or []:
+        if flag not in SCHED_FLAGS:
+            raise ConfigError(f"$.process.scheduler.flags: unknown flag {flag!r}")
+        flags |= SCHED_FLAGS[flag]
+    attr = sc.SchedAttr()
+    attr.sched_policy = SCHED_POLICIES[policy]
+    attr.sched_flags = flags
+    attr.sched_nice = int(sched.get("nice", 0))
+    attr.sched_priority = int(sched.get("priority", 0))
+    attr.sched_runtime = int(sched.get("runtime", 0))
+    attr.sched_deadline = int(sched.get("deadline", 0))
+    attr.sched_period = int(sched.get("period", 0))
+    return attr
+
+
+def _plan_ioprio(ioprio: dict | None) -> int | None:
+    if not ioprio:
+        return None
+    cls = ioprio.get("class")
+    if cls not in IOPRIO_CLASSES:
+        raise ConfigError(f"$.process.ioPriority.class: unknown class {cls!r}")
+    prio = int(ioprio.get("priority", 0))
+    if not 0 <= prio <= 7:
+        raise ConfigError(f"$.process.ioPriority.priority: {prio} is outside 0-7")
+    return (IOPRIO_CLASSES[cls] << 13) | prio
+
+
+def _plan_personality(persona: dict | None) -> int | None:
+    if not persona:
+        return None
+    domain = persona.get("domain")
+    if domain not in PERSONALITY_DOMAINS:
+        raise ConfigError(f"$.linux.personality.domain: unknown domain {domain!r}")
+    if persona.get("flags"):
+        raise ConfigError("$.linux.personality.flags: no personality flags are supported")
+    return PERSONALITY_DOMAINS[domain]
+
+
+def _plan_mempolicy(policy: dict | None):
+    if not policy:
+        return None
+    mode = policy.get("mode")
+    if mode not in MEMPOLICY_MODES:
+        raise ConfigError(f"$.linux.memoryPolicy.mode: unknown mode {mode!r}")
+    value = MEMPOLICY_MODES[mode]
+    for flag in policy.get("flags") or []:
+        if flag not in MEMPOLICY_FLAGS:
+            raise ConfigError(f"$.linux.memoryPolicy.flags: unknown flag {flag!r}")
+        value |= MEMPOLICY_FLAGS[flag]
+    nodes = 0
+    for node in _parse_cpus(policy.get("nodes"), "nodes") or set():
+        nodes |= 1 << node
+    return value, nodes
+
+
+def _parse_cpus(spec: str | None, what: str) -> set[int] | None:
+    if not spec:
+        return None
+    cpus: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                cpus.update(range(int(lo), int(hi) + 1))
+            elif part:
+                cpus.add(int(part))
+    except ValueError:
+        raise ConfigError(f"invalid CPU/node list {spec!r} for {what}") from None
+    return cpus
+
+
+# -- applied in the init, still privileged -------------------------------------------------------------------
+def apply_rlimits(plan: ProcessPlan) -> None:
+    for name, res, soft, hard in plan.rlimits:
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (OSError, ValueError) as err:
+            reason = os.strerror(err.errno).lower() if isinstance(err, OSError) and err.errno else str(err)
+            raise OcirtError(f"cannot set rlimit {name} to soft={soft} hard={hard}: {reason}") from None
+
+
+def apply_scheduling(plan: ProcessPlan) -> None:
+    if plan.personality is not None:
+        try:
+            sc.personality(plan.personality)
+        except OSError as err:
+            raise OcirtError(f"cannot set personality: {err.strerror.lower()}") from None
+    if plan.scheduler is not None:
+        try:
+            sc.sched_setattr(0, plan.scheduler)
+        except OSError as err:
+            raise OcirtError(f"cannot set scheduler: {os.strerror(err.errno).lower()}") from None
+    if plan.io_priority is not None:
+        try:
+            sc.ioprio_set(1, 0, plan.io_priority)
+        except OSError as err:
+            raise OcirtError(f"cannot set I/O priority: {os.strerror(err.errno).lower()}") from None
+    if plan.memory_policy is not None:
+        mode, nodes = plan.memory_policy
+        try:
+            sc.set_mempolicy(mode, nodes, nodes.bit_length() + 1 if nodes else 0)
+        except OSError as err:
+            raise OcirtError(f"cannot set memory policy: {os.strerror(err.errno).lower()}") from None
+
+
+# -- identity -------------------------------------------------------------------------------------------------
+def switch_user(plan: ProcessPlan, *, setgroups_allowed: bool) -> None:
+    """setgroups, then gid, then uid: the uid goes last because it takes away the right to change the rest."""
+    from ocirt.linux import capabilities
+
+    capabilities.drop_bounding(plan.capabilities)
+    capabilities.keep_caps_for_uid_switch()
+    try:
+        if setgroups_allowed:
+            os.setgroups(plan.additional_gids)
+        elif plan.additional_gids:
+            raise OcirtError(
+                "additionalGids need setgroups(2), which a user namespace with a single-id mapping denies"
+            )
+        os.setresgid(plan.gid, plan.gid, plan.gid)
+        os.setresuid(plan.uid, plan.uid, plan.uid)
+    except OSError as err:
+        raise OcirtError(
+            f"cannot switch to uid {plan.uid} gid {plan.gid}: {os.strerror(err.errno).lower()}"
+        ) from None
+    capabilities.apply(plan.capabilities)
+    if plan.umask is not None:
+        os.umask(int(plan.umask))
+
+
+def set_no_new_privileges() -> None:
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def chdir_cwd(plan: ProcessPlan) -> None:
+    try:
+        os.chdir(plan.cwd)
+    except OSError as err:
+        raise OcirtError(f"cannot change to cwd {plan.cwd}: {os.strerror(err.errno).lower()}") from None
+
+
+def env_path(env: list[str]) -> str:
+    for entry in env:
+        if entry.startswith("PATH="):
+            return entry[5:]
+    return DEFAULT_PATH
+
+
+def find_executable(plan: ProcessPlan) -> str:
+    """Resolve args[0] the way execvp would, and fail now with the text engines map to exit codes."""
+    name = plan.args[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in env_path(plan.env).split(":")]
+    denied = None
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_mode & 0o170000) != 0o100000:
+            denied = denied or path
+            continue
+        if os.access(path, os.X_OK):
+            return path
+        denied = denied or path
+    if denied is not None:
+        raise OcirtError(f'exec: "{name}": {denied}: permission denied', exit_code=126)
+    if "/" in name:
+        raise OcirtError(f'exec: "{name}": stat {name}: no such file or directory', exit_code=127)
+    raise OcirtError(
+        f'exec: "{name}": executable file not found in $PATH: no such file or directory', exit_code=127
+    )
