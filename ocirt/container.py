@@ -1,0 +1,544 @@
+"""The runtime's operations (runtime.md "Operations"), expressed over the state store, the init and cgroups.
+
+Every operation takes the container's lock first, so operations on one id never interleave.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ocirt import OCI_VERSION, log
+from ocirt.errors import ConfigError, ContainerNotFound, InvalidState, NotRunning, OcirtError
+from ocirt.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container, ensure_root
+
+
+class CreateOptions:
+    def __init__(self, *, root: str, container_id: str, bundle: str | None = None, pid_file: str | None = None,
+                 console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
+                 preserve_fds: int = 0, rootless: bool = False, detach: bool = True,
+                 relay_console: bool = False):
+        self.root = root
+        self.container_id = container_id
+        self.bundle = os.path.abspath(bundle or ".")
+        self.pid_file = os.path.abspath(pid_file) if pid_file else None
+        self.console_socket = os.path.abspath(console_socket) if console_socket else None
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.preserve_fds = preserve_fds
+        self.rootless = rootless
+        self.detach = detach
+        self.relay_console = relay_console
+
+
+# -- config ---------------------------------------------------------------------------------------------------
+def load_config(bundle: str) -> dict:
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror.lower()}") from None
+    from ocirt.fastjson import JSONError, loads
+
+    try:
+        config = loads(raw)
+    except (JSONError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: malformed JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    from ocirt.spec.validate import check_config
+
+    check_config(config)
+    return config
+
+
+def _rootfs_path(config: dict, bundle: str) -> str:
+    path = config["root"]["path"]
+    return path if os.path.isabs(path) else os.path.join(bundle, path)
+
+
+# -- create ---------------------------------------------------------------------------------------------------
+def create(opts: CreateOptions):
+    """Create the container and leave its init waiting for `start`. Returns the init's Spawned record."""
+    from ocirt.linux import namespaces
+    from ocirt.linux.process import ProcessPlan
+
+    config = load_config(opts.bundle)
+    linux = config.get("linux") or {}
+    ns_plan = namespaces.plan_namespaces(config)
+    if opts.rootless and not ns_plan.has("user"):
+        raise ConfigError("rootless containers need a user namespace: add {\"type\": \"user\"} to "
+                          "linux.namespaces with uidMappings and gidMappings (see `ocirt spec --rootless`)")
+    process = config.get("process")
+    if not process:
+        raise ConfigError("$.process: create needs a process to run")
+    process_plan = ProcessPlan(process, linux)
+    if process_plan.terminal and opts.detach and not opts.console_socket:
+        raise ConfigError("process.terminal is true: a detached container needs --console-socket to receive "
+                          "the terminal")
+    rootfs_path = _rootfs_path(config, opts.bundle)
+    if not os.path.isdir(rootfs_path):
+        raise ConfigError(f"rootfs {rootfs_path} does not exist or is not a directory")
+    net_devices = linux.get("netDevices")
+    if net_devices:
+        from ocirt.linux.network import check_net_devices
+
+        check_net_devices(net_devices, rootless=opts.rootless)
+    seccomp = None
+    if linux.get("seccomp"):
+        from ocirt.linux.seccomp import compile_filter
+
+        seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(opts.rootless))
+
+    ensure_root(opts.root, opts.rootless)
+    container = Container.new(opts.root, opts.container_id)
+    cgroup = None
+    try:
+        from ocirt import cgroups
+
+        cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
+                                      resources=_with_default_device_rules(linux))
+        for notice in cgroup.notices:
+            log.info(notice) if opts.rootless else log.warning(notice)
+        from ocirt.linux.rootfs import plan_rootfs
+
+        rootfs_plan = plan_rootfs(config, opts.bundle, rootless=opts.rootless, no_pivot=opts.no_pivot,
+                                  cgroup_paths=cgroup.paths())
+        container.data = {
+            "ociVersion": config.get("ociVersion", OCI_VERSION),
+            "id": opts.container_id,
+            "status": CREATING,
+            "pid": 0,
+            "bundle": opts.bundle,
+            "rootfs": rootfs_path,
+            "created": _now_rfc3339(),
+            "owner": _owner(),
+            "annotations": config.get("annotations") or {},
+            "ocirt": {"creator_pid": os.getpid(), "rootless": opts.rootless},
+        }
+        container.save()
+        os.mkfifo(container.fifo_path, 0o622)
+        if ns_plan.has("user") and os.geteuid() == 0:
+            _chown_to_container_root(container.fifo_path, linux)
+        cgroup.create()
+        container.runtime["cgroup"] = cgroup.to_state()
+        container.runtime["freezer_path"] = _freezer_file(cgroup)
+        container.save()
+
+        from ocirt.linux.init import InitPlan, spawn
+
+        plan = InitPlan(config=config, bundle=opts.bundle, container_id=opts.container_id,
+                        rootless=opts.rootless, namespaces=ns_plan, rootfs=rootfs_plan, process=process_plan,
+                        seccomp=seccomp, cgroup=cgroup, fifo_path=container.fifo_path,
+                        console_socket=opts.console_socket, preserve_fds=opts.preserve_fds,
+                        no_new_keyring=opts.no_new_keyring, relay_console=opts.relay_console)
+        plan.hook_state = _hook_state(container)
+        plan.close_in_child.append(container.lock_fd)
+        _preload_for_init(config, plan)
+
+        def runtime_hooks(init_pid: int) -> None:
+            from ocirt.hooks import hooks_of, run_hooks
+
+            state = dict(plan.hook_state, pid=init_pid, status=CREATING)
+            if net_devices:
+                from ocirt.linux.network import move_net_devices
+
+                container.runtime["net_devices"] = move_net_devices(net_devices, init_pid)
+            run_hooks(hooks_of(config, "prestart"), "prestart", state)
+            run_hooks(hooks_of(config, "createRuntime"), "createRuntime", state)
+
+        spawned = spawn(plan, runtime_hooks)
+        container.data["pid"] = spawned.pid
+        container.data["status"] = CREATED
+        container.runtime["start_time"] = spawned.start_time
+        hooks = config.get("hooks") or {}
+        container.runtime["hooks"] = {k: hooks[k] for k in ("poststart", "poststop") if hooks.get(k)}
+        container.save()
+        if opts.pid_file:
+            _write_pid_file(opts.pid_file, spawned.pid)
+        return container, spawned
+    except BaseException:
+        if cgroup is not None:
+            try:
+                cgroup.destroy()
+            except OcirtError as err:
+                log.warning(f"cleanup: {err}")
+        container.remove()
+        container.close()
+        raise
+
+
+# The devices every container gets (config-linux.md "Default Devices"), /dev/pts and /dev/console, plus mknod
+# of any node (the device rules still decide who may open it): allowed after the config's own rules, so a
+# "deny all" first rule doesn't take away what the spec promises.
+_DEFAULT_DEVICE_RULES = [
+    {"allow": True, "type": "c", "access": "m"}, {"allow": True, "type": "b", "access": "m"},
+    *({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+      for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2))),
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+]
+
+
+def _with_default_device_rules(linux: dict) -> dict | None:
+    resources = linux.get("resources")
+    if resources is None or "devices" not in resources:
+        return resources
+    rules = list(resources["devices"])
+    rules += _DEFAULT_DEVICE_RULES
+    for dev in linux.get("devices") or []:
+        if dev.get("type") in ("c", "b", "u"):
+            rules.append({"allow": True, "type": "c" if dev["type"] == "u" else dev["type"],
+                          "major": dev.get("major"), "minor": dev.get("minor"), "access": "rwm"})
+    return dict(resources, devices=rules)
+
+
+def _preload_for_init(config: dict, plan) -> None:
+    """Import now what the init needs after pivot_root, where imports no longer work."""
+    import ocirt.linux.process  # noqa: F401
+    import ocirt.linux.rootfs  # noqa: F401
+
+    if plan.create_container_hooks or plan.start_container_hooks:
+        import ocirt.hooks  # noqa: F401
+    if plan.sysctl or plan.process.oom_score_adj is not None:
+        import ocirt.linux.procfs  # noqa: F401
+    if plan.process.terminal:
+        import ocirt.console  # noqa: F401
+    if plan.process.apparmor_profile or plan.process.selinux_label:
+        import ocirt.linux.lsm  # noqa: F401
+    if plan.seccomp is not None:
+        import ocirt.linux.seccomp  # noqa: F401
+    if "network" in plan.namespaces.new:
+        import ocirt.linux.network  # noqa: F401
+
+
+def _cache_dir(rootless: bool) -> str:
+    if rootless:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "ocirt")
+    return "/var/cache/ocirt"
+
+
+def _chown_to_container_root(path: str, linux: dict) -> None:
+    from ocirt.linux.idmap import host_id
+
+    uid = host_id(linux.get("uidMappings") or [], 0)
+    gid = host_id(linux.get("gidMappings") or [], 0)
+    os.chown(path, uid if uid is not None else -1, gid if gid is not None else -1)
+
+
+def _freezer_file(cgroup) -> str | None:
+    paths = cgroup.paths()
+    if "freezer" in paths:
+        return os.path.join(paths["freezer"], "freezer.state")
+    if "" in paths or "unified" in paths:
+        return os.path.join(paths.get("") or paths["unified"], "cgroup.freeze")
+    return None
+
+
+def _hook_state(container: Container) -> dict:
+    state = {
+        "ociVersion": container.data["ociVersion"],
+        "id": container.id,
+        "status": CREATING,
+        "pid": 0,
+        "bundle": container.data["bundle"],
+    }
+    if container.data.get("annotations"):
+        state["annotations"] = container.data["annotations"]
+    return state
+
+
+def _now_rfc3339() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f"{now % 1:.9f}"[1:] + "Z"
+
+
+def _owner() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+# -- start ----------------------------------------------------------------------------------------------------
+def start(root: str, container_id: str) -> None:
+    container = Container.load(root, container_id)
+    try:
+        status = container.status()
+        if status != CREATED:
+            if status == STOPPED:
+                raise InvalidState(f"cannot start container {container_id!r}: it is stopped")
+            raise InvalidState(f"cannot start container {container_id!r} in status {status}: "
+                               "it is not in the created state")
+        _release_init(container)
+        from ocirt.hooks import run_hooks_logged
+
+        hooks = container.runtime.get("hooks") or {}
+        if hooks.get("poststart"):
+            run_hooks_logged(hooks["poststart"], "poststart", container.spec_state())
+    finally:
+        container.close()
+
+
+def _release_init(container: Container) -> None:
+    """Open the exec fifo: the init, blocked opening its other end, goes on to execve."""
+    import select
+
+    fd = os.open(container.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            if poller.poll(100):
+                try:
+                    data = os.read(fd, 1)
+                except BlockingIOError:
+                    continue
+                if data:
+                    break
+            if not container.init_alive():
+                raise OcirtError(f"container {container.id!r}: its init exited before start")
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(container.fifo_path)
+        except FileNotFoundError:
+            pass
+
+
+# -- state, kill ----------------------------------------------------------------------------------------------
+def state(root: str, container_id: str) -> dict:
+    container = Container.load(root, container_id, shared=True)
+    try:
+        return container.spec_state()
+    finally:
+        container.close()
+
+
+SIGNALS = {
+    "HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "IOT": 6, "BUS": 7, "FPE": 8, "KILL": 9,
+    "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15, "STKFLT": 16, "CHLD": 17,
+    "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25,
+    "VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
+}
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit():
+        sig = int(text)
+        if 0 < sig <= 64:
+            return sig
+        raise OcirtError(f"invalid signal {text!r}")
+    name = text.upper()
+    if name.startswith("SIG"):
+        name = name[3:]
+    if name in SIGNALS:
+        return SIGNALS[name]
+    if name.startswith("RTMIN") or name.startswith("RTMAX"):
+        base = 34 if name.startswith("RTMIN") else 64
+        rest = name[5:]
+        try:
+            offset = int(rest) if rest else 0
+        except ValueError:
+            offset = None
+        if offset is not None and 34 <= base + offset <= 64:
+            return base + offset
+    raise OcirtError(f"unknown signal {text!r}")
+
+
+def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False) -> None:
+    container = Container.load(root, container_id)
+    try:
+        status = container.status()
+        if status not in (CREATED, RUNNING, PAUSED):
+            raise NotRunning(container_id)
+        if all_processes and container.runtime.get("cgroup"):
+            from ocirt import cgroups
+
+            manager = cgroups.load_manager(container.runtime["cgroup"])
+            manager.kill_all(sig)
+            if status == PAUSED and sig == 9:
+                manager.thaw()
+            return
+        _signal_init(container, sig)
+    finally:
+        container.close()
+
+
+def _signal_init(container: Container, sig: int) -> None:
+    from ocirt import syscalls as sc
+
+    try:
+        pidfd = sc.pidfd_open(container.pid)
+    except OSError:
+        raise NotRunning(container.id) from None
+    try:
+        # The pid was checked against its start time before pidfd_open: recheck now that the fd pins it.
+        if not container.init_alive():
+            raise NotRunning(container.id)
+        sc.pidfd_send_signal(pidfd, sig)
+    except OSError as err:
+        if err.errno == 3:
+            raise NotRunning(container.id) from None
+        raise OcirtError(f"cannot signal container {container.id!r}: {os.strerror(err.errno).lower()}") from None
+    finally:
+        os.close(pidfd)
+
+
+# -- delete ---------------------------------------------------------------------------------------------------
+def delete(root: str, container_id: str, *, force: bool = False) -> None:
+    try:
+        container = Container.load(root, container_id)
+    except ContainerNotFound:
+        if force:
+            return
+        raise
+    try:
+        status = container.status()
+        if status in (RUNNING, PAUSED) and not force:
+            raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
+        if status == CREATING and not force:
+            raise InvalidState(f"cannot delete container {container_id!r} while it is being created")
+        if status != STOPPED:
+            _kill_and_wait(container)
+        destroy(container)
+    finally:
+        container.close()
+
+
+def _kill_and_wait(container: Container) -> None:
+    manager = None
+    if container.runtime.get("cgroup"):
+        from ocirt import cgroups
+
+        manager = cgroups.load_manager(container.runtime["cgroup"])
+    if container.init_alive():
+        try:
+            _signal_init(container, 9)
+        except NotRunning:
+            pass
+    if manager is not None:
+        try:
+            manager.kill_all(9)
+            manager.thaw()
+        except OcirtError as err:
+            log.debug(f"kill --all during delete: {err}")
+    deadline = time.monotonic() + 10
+    while container.init_alive():
+        if time.monotonic() > deadline:
+            raise OcirtError(f"container {container.id!r}: its init did not die after SIGKILL")
+        time.sleep(0.002)
+
+
+def destroy(container: Container) -> None:
+    """Release everything a stopped container still holds, then forget it."""
+    runtime = container.runtime
+    if runtime.get("cgroup"):
+        from ocirt import cgroups
+
+        manager = cgroups.load_manager(runtime["cgroup"])
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                if manager.pids():
+                    manager.kill_all(9)
+                    manager.thaw()
+                manager.destroy()
+                break
+            except OcirtError as err:
+                if time.monotonic() > deadline:
+                    log.warning(f"cannot remove the cgroups of {container.id!r}: {err}")
+                    break
+                time.sleep(0.01)
+    if runtime.get("net_devices"):
+        from ocirt.linux.network import return_net_devices
+
+        try:
+            return_net_devices(runtime["net_devices"], None)
+        except OcirtError as err:
+            log.warning(str(err))
+    hooks = runtime.get("hooks") or {}
+    if hooks.get("poststop"):
+        from ocirt.hooks import run_hooks_logged
+
+        state = container.spec_state()
+        state["status"] = STOPPED
+        run_hooks_logged(hooks["poststop"], "poststop", state)
+    container.remove()
+
+
+# -- run ------------------------------------------------------------------------------------------------------
+FORWARDED_SIGNALS = (1, 2, 3, 10, 12, 15, 28)
+
+
+def run(opts: CreateOptions, *, keep: bool = False) -> int:
+    """create + start; in the foreground, wait and return the process's exit code (128+signal if killed)."""
+    from ocirt import syscalls as sc
+
+    if not opts.detach:
+        # The init is the intermediate's child: becoming a subreaper makes it ours when the intermediate exits.
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    container, spawned = create(opts)
+    container.close()
+    try:
+        start(opts.root, opts.container_id)
+    except BaseException:
+        if not opts.detach:
+            _cleanup_after_run(opts)
+        raise
+    if opts.detach:
+        return 0
+    import signal
+
+    def forward(signum, _frame):
+        try:
+            os.kill(spawned.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED_SIGNALS:
+        if signum == 28 and spawned.console_master is not None:
+            continue
+        signal.signal(signum, forward)
+    if spawned.console_master is not None:
+        from ocirt.console import relay
+
+        status = relay(spawned.console_master, spawned.pid)
+    else:
+        _, status = os.waitpid(spawned.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    exit_code = 128 - code if code < 0 else code
+    _reap_orphans()
+    if not keep:
+        _cleanup_after_run(opts)
+    return exit_code
+
+
+def _reap_orphans() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _cleanup_after_run(opts: CreateOptions) -> None:
+    try:
+        delete(opts.root, opts.container_id, force=True)
+    except OcirtError as err:
+        log.warning(f"cleanup after run: {err}")

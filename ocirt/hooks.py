@@ -1,0 +1,112 @@
+"""The six hook kinds of the spec, run with the container's state JSON on stdin.
+
+Where each kind runs, and what its failure does (config.md "POSIX-platform Hooks"):
+  prestart, createRuntime  - in the runtime namespace during create; a failure fails create.
+  createContainer          - in the container namespace during create, before pivot_root; fails create.
+  startContainer           - in the container, during start, before the user process; fails start.
+  poststart                - in the runtime namespace after the process started; a failure is logged only.
+  poststop                 - in the runtime namespace during delete; a failure is logged only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ocirt import log
+from ocirt.errors import HookError
+
+KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+
+def hooks_of(config: dict, kind: str) -> list[dict]:
+    return list((config.get("hooks") or {}).get(kind) or [])
+
+
+def run_hooks(hooks: list[dict], kind: str, state: dict) -> None:
+    """Run each hook in order; raise HookError for the first that fails."""
+    if not hooks:
+        return
+    from ocirt.fastjson import dumps
+
+    payload = dumps(state).encode()
+    for i, hook in enumerate(hooks):
+        _run_one(hook, kind, i, payload)
+
+
+def run_hooks_logged(hooks: list[dict], kind: str, state: dict) -> None:
+    """For the kinds whose failure the spec says must not fail the operation."""
+    try:
+        run_hooks(hooks, kind, state)
+    except HookError as err:
+        log.warning(str(err))
+
+
+def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
+    path = hook["path"]
+    args = hook.get("args") or [path]
+    env = hook.get("env")
+    timeout = hook.get("timeout")
+    what = f"{kind} hook #{index} ({path})"
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError as err:
+        raise HookError(f"{what}: cannot fork: {err.strerror.lower()}") from None
+    if pid == 0:
+        try:
+            os.dup2(stdin_r, 0)
+            os.dup2(err_w, 2)
+            os.execve(path, args, _env_dict(env) if env is not None else {})
+        except OSError as err:
+            os.write(2, f"{os.strerror(err.errno).lower()}".encode())
+        os._exit(127)
+    os.close(stdin_r)
+    os.close(err_w)
+    try:
+        os.write(stdin_w, payload)
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(stdin_w)
+    status = _wait(pid, timeout, what)
+    stderr = b""
+    # A daemon the hook left behind may still hold the pipe: take what is there, never wait for EOF.
+    os.set_blocking(err_r, False)
+    try:
+        stderr = os.read(err_r, 4096)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(err_r)
+    if status != 0:
+        detail = stderr.decode(errors="replace").strip().replace("\n", " ")
+        reason = f"exit status {status}" if status > 0 else f"killed by signal {-status}"
+        raise HookError(f"{what} failed: {reason}{': ' + detail if detail else ''}")
+
+
+def _env_dict(env: list[str]) -> dict[str, str]:
+    out = {}
+    for entry in env:
+        key, _, value = entry.partition("=")
+        out[key] = value
+    return out
+
+
+def _wait(pid: int, timeout: int | None, what: str) -> int:
+    if not timeout:
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise HookError(f"{what} timed out after {timeout}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

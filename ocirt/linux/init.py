@@ -1,0 +1,468 @@
+"""The container's init, from fork to execve.
+
+Three processes take part:
+
+  runtime (the ocirt command) -- forks --> intermediate -- forks --> init (pid 1 of a new pid namespace)
+
+The intermediate exists because a new pid namespace only applies to the children of the process that
+unshares it. It enters the user namespace first (the runtime writes its id maps, from outside, and moves it
+into its cgroups), then joins or creates the other namespaces, forks the init and exits, so the init is
+reparented to the caller's subreaper (conmon, containerd's shim) as the engines expect.
+
+The init then runs the steps below in the order the kernel needs them, and reports each failure to the
+runtime before the `ready` handshake, so `create` can fail with the init's own message.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ocirt import syscalls as sc
+from ocirt.errors import InitError, OcirtError
+
+
+class Channel:
+    """Line messages ("kind payload\\n") over a pair of pipes; each write is atomic (< PIPE_BUF)."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self._buf = b""
+
+    @classmethod
+    def pair(cls) -> tuple[Channel, Channel]:
+        p_r, c_w = os.pipe2(os.O_CLOEXEC)
+        c_r, p_w = os.pipe2(os.O_CLOEXEC)
+        return cls(p_r, p_w), cls(c_r, c_w)
+
+    def send(self, kind: str, payload: str = "") -> None:
+        line = f"{kind} {payload.replace(chr(10), ' ')}\n".encode()
+        if len(line) > 4000:
+            line = line[:3999] + b"\n"
+        os.write(self.write_fd, line)
+
+    def recv(self) -> tuple[str, str]:
+        while b"\n" not in self._buf:
+            chunk = os.read(self.read_fd, 4096)
+            if not chunk:
+                return "eof", ""
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        kind, _, payload = line.decode(errors="replace").partition(" ")
+        return kind, payload
+
+    def expect(self, kind: str) -> str:
+        got, payload = self.recv()
+        if got == kind:
+            return payload
+        if got == "error":
+            code, _, message = payload.partition(" ")
+            raise InitError(message, exit_code=int(code) if code.isdigit() else 1)
+        if got == "eof":
+            raise InitError("the container's init exited before it was ready")
+        raise InitError(f"unexpected message {got!r} from the container's init")
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class InitPlan:
+    """What the init needs, parsed in the runtime before the fork (nothing can be imported after pivot_root)."""
+
+    def __init__(self, *, config: dict, bundle: str, container_id: str, rootless: bool, namespaces, rootfs,
+                 process, seccomp, cgroup, fifo_path: str, console_socket: str | None, preserve_fds: int,
+                 no_new_keyring: bool, relay_console: bool):
+        linux = config.get("linux") or {}
+        self.config = config
+        self.bundle = bundle
+        self.container_id = container_id
+        self.rootless = rootless
+        self.namespaces = namespaces
+        self.rootfs = rootfs
+        self.process = process
+        self.seccomp = seccomp
+        self.cgroup = cgroup
+        self.fifo_path = fifo_path
+        self.console_socket = console_socket
+        self.preserve_fds = preserve_fds
+        self.no_new_keyring = no_new_keyring
+        self.relay_console = relay_console and process.terminal and not console_socket
+        self.hostname = config.get("hostname")
+        self.domainname = config.get("domainname")
+        self.sysctl = dict(linux.get("sysctl") or {})
+        self.time_offsets = linux.get("timeOffsets") or {}
+        self.uid_mappings = list(linux.get("uidMappings") or [])
+        self.gid_mappings = list(linux.get("gidMappings") or [])
+        hooks = config.get("hooks") or {}
+        self.create_container_hooks = list(hooks.get("createContainer") or [])
+        self.start_container_hooks = list(hooks.get("startContainer") or [])
+        self.hook_state: dict = {}
+        # fds of the runtime that the init must not keep: the state lock would block every later command.
+        self.close_in_child: list[int] = []
+        # setgroups(2) is denied in a user namespace whose single-id map the user wrote itself.
+        self.setgroups_allowed = not (rootless and namespaces.has("user") and "user" in namespaces.new
+                                      and _single_own_map(self))
+
+
+def _single_own_map(plan: InitPlan) -> bool:
+    from ocirt.linux.idmap import is_own_single_map
+
+    return is_own_single_map(plan.uid_mappings, plan.gid_mappings, os.geteuid(), os.getegid())
+
+
+class Spawned:
+    def __init__(self, pid: int, start_time: int, console_master: int | None):
+        self.pid = pid
+        self.start_time = start_time
+        self.console_master = console_master
+
+
+def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
+    """Fork the container's init and drive it to the point where it waits for `start`.
+
+    ``run_runtime_hooks(init_pid)`` runs in the runtime once the namespaces and mounts exist and before
+    pivot_root (prestart and createRuntime hooks, netDevices).
+    """
+    from ocirt.linux import namespaces
+    from ocirt.state import process_start_time
+
+    parent, child = Channel.pair()
+    fd_pair = None
+    if plan.relay_console or _listener_path(plan):
+        import _socket
+
+        fd_pair = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    join_fds = namespaces.open_join_fds(plan.namespaces)
+    from ocirt.linux import rootfs
+
+    rootfs.open_mount_sources(plan.rootfs)
+    intermediate = os.fork()
+    if intermediate == 0:
+        parent.close()
+        for fd in plan.close_in_child:
+            os.close(fd)
+        _run_child(lambda: _intermediate(plan, child, join_fds, fd_pair), child)
+    rootfs.close_mount_sources(plan.rootfs)
+    child.close()
+    for _, fd in join_fds:
+        os.close(fd)
+    init_pid = 0
+    try:
+        if "user" in plan.namespaces.new:
+            parent.expect("userns")
+            from ocirt.linux import idmap
+
+            idmap.write_maps(intermediate, plan.uid_mappings, plan.gid_mappings)
+        if plan.cgroup is not None:
+            plan.cgroup.apply(intermediate)
+        parent.send("go")
+        init_pid = int(parent.expect("pid"))
+        os.waitpid(intermediate, 0)
+        intermediate = 0
+        start_time = process_start_time(init_pid)
+        if start_time is None:
+            parent.expect("never")  # the init died at once: report its message
+        parent.send("run", str(init_pid))
+        parent.expect("hooks")
+        run_runtime_hooks(init_pid)
+        parent.send("ok")
+        console_master = None
+        if fd_pair is not None:
+            from ocirt import console
+
+            listener = _listener_path(plan)
+            if listener:
+                parent.expect("seccomp")
+                notify_fd = console.recv_fd(fd_pair[0])
+                from ocirt.linux import seccomp as seccomp_mod
+
+                state = dict(plan.hook_state, pid=init_pid, status="creating")
+                try:
+                    seccomp_mod.send_listener_fd(listener, notify_fd, state,
+                                                 plan.config["linux"]["seccomp"].get("listenerMetadata", ""))
+                finally:
+                    os.close(notify_fd)
+            if plan.relay_console:
+                parent.expect("console")
+                console_master = console.recv_fd(fd_pair[0])
+        parent.expect("ready")
+        return Spawned(init_pid, start_time or 0, console_master)
+    except BaseException:
+        for pid in (intermediate, init_pid):
+            if pid:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        if intermediate:
+            os.waitpid(intermediate, 0)
+        elif init_pid:
+            _reap_if_child(init_pid)
+        raise
+    finally:
+        parent.close()
+        if fd_pair is not None:
+            fd_pair[0].close()
+            fd_pair[1].close()
+
+
+def _reap_if_child(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _listener_path(plan: InitPlan) -> str | None:
+    seccomp = (plan.config.get("linux") or {}).get("seccomp") or {}
+    return seccomp.get("listenerPath") or None
+
+
+def _run_child(body, channel: Channel) -> None:
+    """Run a forked child's body; any failure goes to the runtime as one line, then the child exits."""
+    code = 1
+    try:
+        body()
+        code = 0
+    except OcirtError as err:
+        _report(channel, err.exit_code, str(err))
+    except OSError as err:
+        _report(channel, 1, f"{err.strerror or err}{': ' + str(err.filename) if err.filename else ''}".lower()
+                if err.strerror else str(err))
+    except BaseException as err:  # noqa: BLE001 - a forked child must never unwind into the runtime's code
+        _report(channel, 1, f"internal error in the container's init: {type(err).__name__}: {err}")
+    os._exit(code)
+
+
+def _report(channel: Channel, code: int, message: str) -> None:
+    try:
+        channel.send("error", f"{code} {message}")
+    except OSError:
+        pass
+
+
+# -- the intermediate process ---------------------------------------------------------------------------------
+def _intermediate(plan: InitPlan, channel: Channel, join_fds, fd_pair) -> None:
+    from ocirt.linux import namespaces
+
+    ns = plan.namespaces
+    remaining = []
+    for ns_type, fd in join_fds:
+        if ns_type == "user":
+            namespaces.join("user", fd)
+            os.close(fd)
+        else:
+            remaining.append((ns_type, fd))
+    if "user" in ns.new:
+        namespaces.unshare(sc.CLONE_NEWUSER)
+        channel.send("userns")
+    if channel.recv()[0] != "go":
+        os._exit(1)
+    if ns.has("user"):
+        # Become root of the user namespace so the mounts and mknods below are allowed.
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    for ns_type, fd in remaining:
+        namespaces.join(ns_type, fd)
+        os.close(fd)
+    namespaces.unshare(ns.unshare_flags)
+    if "time" in ns.new and plan.time_offsets:
+        _write_time_offsets(plan.time_offsets)
+    pid = os.fork()
+    if pid == 0:
+        _run_child(lambda: _init(plan, channel, fd_pair), channel)
+    channel.send("pid", str(pid))
+
+
+def _write_time_offsets(offsets: dict) -> None:
+    # Must happen before the first process enters the new time namespace, i.e. before the fork.
+    lines = "".join(
+        f"{clock} {int(v.get('secs', 0))} {int(v.get('nanosecs', 0))}\n" for clock, v in offsets.items()
+    )
+    fd = os.open("/proc/self/timens_offsets", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, lines.encode())
+    except OSError as err:
+        raise OcirtError(f"cannot set time namespace offsets: {err.strerror.lower()}") from None
+    finally:
+        os.close(fd)
+
+
+# -- the init ------------------------------------------------------------------------------------------------
+def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
+    from ocirt.linux import process, rootfs
+
+    kind, payload = channel.recv()
+    if kind != "run":
+        os._exit(1)
+    init_host_pid = int(payload)
+    os.setsid()
+    ns = plan.namespaces
+    if "network" in ns.new:
+        from ocirt.linux.network import bring_up_loopback
+
+        bring_up_loopback()
+    if ns.has("uts"):
+        if plan.hostname:
+            sc.sethostname(plan.hostname)
+        if plan.domainname:
+            sc.setdomainname(plan.domainname)
+    elif plan.hostname or plan.domainname:
+        raise OcirtError("hostname and domainname need a private uts namespace")
+
+    # Opened now, while the host's /proc and the state dir are reachable; used after pivot_root.
+    proc_fd = os.open("/proc", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fifo_fd = os.open(plan.fifo_path, sc.O_PATH | os.O_CLOEXEC)
+
+    rootfs.prepare_rootfs(plan.rootfs)
+    console_slave = None
+    if plan.process.terminal:
+        console_slave = _setup_console(plan, fd_pair, channel)
+
+    channel.send("hooks")
+    if channel.recv()[0] != "ok":
+        os._exit(1)
+    if plan.create_container_hooks:
+        from ocirt.hooks import run_hooks
+
+        run_hooks(plan.create_container_hooks, "createContainer",
+                  dict(plan.hook_state, pid=init_host_pid, status="creating"))
+
+    rootfs.enter_rootfs(plan.rootfs)
+    rootfs.finish_rootfs(plan.rootfs)
+
+    if plan.sysctl:
+        from ocirt.linux.procfs import write_proc_file
+
+        for key, value in plan.sysctl.items():
+            write_proc_file("sys/" + key.replace(".", "/"), str(value))
+    if plan.process.oom_score_adj is not None:
+        from ocirt.linux.procfs import write_proc_file
+
+        write_proc_file("self/oom_score_adj", str(plan.process.oom_score_adj))
+    process.apply_rlimits(plan.process)
+    process.apply_scheduling(plan.process)
+    if not plan.no_new_keyring:
+        _join_session_keyring(plan.container_id)
+    if plan.process.apparmor_profile or plan.process.selinux_label:
+        from ocirt.linux import lsm
+
+        if plan.process.apparmor_profile:
+            lsm.apply_apparmor(plan.process.apparmor_profile)
+        if plan.process.selinux_label:
+            lsm.apply_selinux_label(plan.process.selinux_label)
+
+    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the user switch may drop: load it
+    # first then. With no_new_privs it waits until just before execve. A notify listener needs it now too,
+    # to hand the fd over while the runtime still listens.
+    early_seccomp = plan.seccomp is not None and (
+        not plan.process.no_new_privileges or _listener_path(plan)
+    )
+    if early_seccomp:
+        _install_seccomp(plan, fd_pair, channel)
+
+    if console_slave is not None:
+        import fcntl
+
+        from ocirt.console import TIOCSCTTY
+
+        fcntl.ioctl(console_slave, TIOCSCTTY, 0)
+        for target in (0, 1, 2):
+            os.dup2(console_slave, target)
+        os.close(console_slave)
+
+    process.switch_user(plan.process, setgroups_allowed=plan.setgroups_allowed)
+    process.chdir_cwd(plan.process)
+    if plan.process.no_new_privileges:
+        process.set_no_new_privileges()
+    executable = process.find_executable(plan.process)
+
+    _seal_fds(plan.preserve_fds)
+    channel.send("ready")
+    channel.close()
+
+    # Blocks until `start` opens the fifo for reading.
+    fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_fd)
+    os.close(proc_fd)
+
+    if plan.start_container_hooks:
+        from ocirt.hooks import run_hooks
+
+        run_hooks(plan.start_container_hooks, "startContainer",
+                  dict(plan.hook_state, pid=init_host_pid, status="running"))
+    if plan.seccomp is not None and not early_seccomp:
+        from ocirt.linux.seccomp import install_filter
+
+        install_filter(plan.seccomp)
+    try:
+        os.execve(executable, plan.process.args, _env_dict(plan.process.env))
+    except OSError as err:
+        os.write(2, f'ocirt: exec: "{plan.process.args[0]}": {os.strerror(err.errno).lower()}\n'.encode())
+        os._exit(127 if err.errno == 2 else 126)
+
+
+def _env_dict(env: list[str]) -> dict[str, str]:
+    out = {}
+    for entry in env:
+        key, sep, value = entry.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def _setup_console(plan: InitPlan, fd_pair, channel: Channel) -> int:
+    from ocirt import console
+    from ocirt.linux import rootfs
+
+    master, slave = console.open_pty(rootfs.open_ptmx(plan.rootfs))
+    rootfs.mount_console(plan.rootfs, f"/proc/self/fd/{slave}")
+    if plan.console_socket:
+        sock = console.connect(plan.console_socket)
+        try:
+            console.send_fd(sock, master)
+        finally:
+            sock.close()
+    elif plan.relay_console and fd_pair is not None:
+        channel.send("console")
+        console.send_fd(fd_pair[1], master)
+    os.close(master)
+    return slave
+
+
+def _install_seccomp(plan: InitPlan, fd_pair, channel: Channel) -> None:
+    from ocirt.linux.seccomp import install_filter
+
+    listener_fd = install_filter(plan.seccomp)
+    if listener_fd is not None and fd_pair is not None:
+        from ocirt import console
+
+        channel.send("seccomp")
+        console.send_fd(fd_pair[1], listener_fd, "seccomp")
+        os.close(listener_fd)
+
+
+def _join_session_keyring(container_id: str) -> None:
+    try:
+        sc.keyctl_join_session_keyring(f"_ses.{container_id}"[:255])
+    except OSError as err:
+        # Kernels or seccomp profiles of the host may forbid keyrings; runc ignores ENOSYS and EACCES too.
+        if err.errno not in (38, 13, 1):
+            raise OcirtError(f"cannot join a session keyring: {err.strerror.lower()}") from None
+
+
+def _seal_fds(preserve_fds: int) -> None:
+    """At execve only 0-2 and the preserved fds may stay open: everything else gets close-on-exec."""
+    first = 3 + preserve_fds
+    sc.close_range(first, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+    for fd in range(3, first):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
