@@ -37,6 +37,17 @@ COMMANDS: dict[str, tuple[dict, str]] = {
     "spec": ({"--rootless": ("rootless_spec", False), "--bundle": ("bundle", True), "-b": ("bundle", True)}, ""),
     "features": ({}, ""),
     "validate": ({"--bundle": ("bundle", True), "-b": ("bundle", True)}, ""),
+    "exec": ({
+        "--tty": ("tty", False), "-t": ("tty", False), "--detach": ("detach", False), "-d": ("detach", False),
+        "--pid-file": ("pid_file", True), "--console-socket": ("console_socket", True),
+        "--cwd": ("cwd", True), "--env": ("env", "multi"), "-e": ("env", "multi"), "--user": ("user", True),
+        "-u": ("user", True), "--additional-gids": ("additional_gids", "multi"),
+        "-g": ("additional_gids", "multi"), "--cap": ("cap", "multi"), "-c": ("cap", "multi"),
+        "--no-new-privs": ("no_new_privs", False), "--preserve-fds": ("preserve_fds", True),
+        "--process": ("process", True), "-p": ("process", True), "--process-label": ("process_label", True),
+        "--apparmor": ("apparmor", True), "--ignore-paused": ("ignore_paused", False),
+        "--cgroup": ("cgroup", "multi"), "--pidfd-socket": ("pidfd_socket", True),
+    }, "ID COMMAND [ARGS...]"),
 }
 
 USAGE = """usage: ocirt [global options] COMMAND [options] ARGS
@@ -84,7 +95,10 @@ def parse(argv: list[str], table: dict, into: dict, *, stop_at_positional: bool 
                     if i >= len(argv):
                         raise UsageError(f"flag needs an argument: {name}")
                     value = argv[i]
-                into[dest] = value
+                if takes_value == "multi":
+                    into.setdefault(dest, []).append(value)
+                else:
+                    into[dest] = value
             else:
                 into[dest] = value.lower() not in ("false", "0") if eq else True
         else:
@@ -125,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"unknown command {command!r}; run `ocirt --help`")
         table, _ = COMMANDS.get(command, ({}, ""))
         cmd_opts: dict = {}
-        positional = parse(args, table, cmd_opts) if command not in _RAW_ARGS else args
+        if command in _RAW_ARGS:
+            positional = args
+        else:
+            # exec's command keeps its own flags: stop at the first argument after the id.
+            positional = parse(args, table, cmd_opts, stop_at_positional=command == "exec")
         for key in ("root", "log", "log_format", "debug", "rootless"):
             if key in cmd_opts:
                 opts[key] = cmd_opts.pop(key)
@@ -271,6 +289,40 @@ def cmd_delete(opts, cmd, positional):
     delete(state_root(opts), one_id(positional, "delete"), force=bool(cmd.get("force")))
 
 
+def cmd_exec(opts, cmd, positional):
+    from ocirt.container import ExecOptions, exec_process
+
+    if not positional:
+        raise UsageError("exec: requires at least one argument: ID COMMAND [ARGS...]")
+    process = None
+    if cmd.get("process"):
+        from ocirt.fastjson import JSONError, loads
+
+        try:
+            with open(cmd["process"], "rb") as f:
+                process = loads(f.read())
+        except OSError as err:
+            raise OcirtError(f"cannot read process file {cmd['process']}: {err.strerror.lower()}") from None
+        except JSONError as err:
+            raise OcirtError(f"process file {cmd['process']}: malformed JSON: {err}") from None
+        if not isinstance(process, dict):
+            raise OcirtError(f"process file {cmd['process']}: the top level must be a JSON object")
+    try:
+        preserve = int(cmd.get("preserve_fds", 0))
+    except ValueError:
+        raise UsageError(f"--preserve-fds: not a number: {cmd['preserve_fds']!r}") from None
+    gids = [g for item in cmd.get("additional_gids", []) for g in item.split(",") if g]
+    return exec_process(ExecOptions(
+        root=state_root(opts), container_id=positional[0], process=process, args=positional[1:],
+        tty=True if cmd.get("tty") else None, detach=bool(cmd.get("detach")), pid_file=cmd.get("pid_file"),
+        console_socket=cmd.get("console_socket"), cwd=cmd.get("cwd"), env=cmd.get("env"),
+        user=cmd.get("user"), additional_gids=gids, caps=cmd.get("cap"),
+        no_new_privs=bool(cmd.get("no_new_privs")), preserve_fds=preserve + _listen_fds(),
+        apparmor=cmd.get("apparmor"), process_label=cmd.get("process_label"),
+        ignore_paused=bool(cmd.get("ignore_paused")),
+    ))
+
+
 def cmd_list(opts, cmd, positional):
     from ocirt.state import list_containers
 
@@ -343,7 +395,7 @@ def cmd_validate(opts, cmd, positional):
 _HANDLERS = {
     "create": cmd_create, "run": cmd_run, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
     "delete": cmd_delete, "list": cmd_list, "spec": cmd_spec, "features": cmd_features,
-    "validate": cmd_validate,
+    "validate": cmd_validate, "exec": cmd_exec,
 }
 _RAW_ARGS: set[str] = set()
 

@@ -118,6 +118,7 @@ def create(opts: CreateOptions):
             "ocirt": {"creator_pid": os.getpid(), "rootless": opts.rootless},
         }
         container.save()
+        _save_config(container, config)
         os.mkfifo(container.fifo_path, 0o622)
         if ns_plan.has("user") and os.geteuid() == 0:
             _chown_to_container_root(container.fifo_path, linux)
@@ -191,6 +192,28 @@ def _with_default_device_rules(linux: dict) -> dict | None:
             rules.append({"allow": True, "type": "c" if dev["type"] == "u" else dev["type"],
                           "major": dev.get("major"), "minor": dev.get("minor"), "access": "rwm"})
     return dict(resources, devices=rules)
+
+
+CONFIG_COPY = "config.json"
+
+
+def _save_config(container: Container, config: dict) -> None:
+    """exec needs the container's process defaults and seccomp later, even if the bundle changes."""
+    from ocirt.fastjson import dumps
+
+    fd = os.open(os.path.join(container.dir, CONFIG_COPY), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, dumps(config).encode())
+    finally:
+        os.close(fd)
+
+
+def saved_config(container: Container) -> dict:
+    from ocirt.fastjson import loads
+
+    with open(os.path.join(container.dir, CONFIG_COPY), "rb") as f:
+        return loads(f.read())  # type: ignore[return-value]
 
 
 def _preload_for_init(config: dict, plan) -> None:
@@ -480,6 +503,178 @@ def destroy(container: Container) -> None:
     container.remove()
 
 
+# -- exec -----------------------------------------------------------------------------------------------------
+class ExecOptions:
+    def __init__(self, *, root: str, container_id: str, process: dict | None = None, args: list[str] | None = None,
+                 tty: bool | None = None, detach: bool = False, pid_file: str | None = None,
+                 console_socket: str | None = None, cwd: str | None = None, env: list[str] | None = None,
+                 user: str | None = None, additional_gids: list[str] | None = None, caps: list[str] | None = None,
+                 no_new_privs: bool = False, preserve_fds: int = 0, apparmor: str | None = None,
+                 process_label: str | None = None, ignore_paused: bool = False):
+        self.root = root
+        self.container_id = container_id
+        self.process = process
+        self.args = args or []
+        self.tty = tty
+        self.detach = detach
+        self.pid_file = os.path.abspath(pid_file) if pid_file else None
+        self.console_socket = os.path.abspath(console_socket) if console_socket else None
+        self.cwd = cwd
+        self.env = env or []
+        self.user = user
+        self.additional_gids = additional_gids or []
+        self.caps = caps or []
+        self.no_new_privs = no_new_privs
+        self.preserve_fds = preserve_fds
+        self.apparmor = apparmor
+        self.process_label = process_label
+        self.ignore_paused = ignore_paused
+
+
+def parse_user(text: str) -> tuple[int, int | None]:
+    """``uid[:gid]`` as numbers: names would need the container's /etc/passwd, which runc doesn't read either."""
+    uid_text, _, gid_text = text.partition(":")
+    if len(text) > 64 or not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+        raise OcirtError(f"invalid --user {text[:64]!r}: use numeric uid[:gid]")
+    uid = int(uid_text)
+    gid = int(gid_text) if gid_text else None
+    if uid > 0xFFFFFFFE or (gid is not None and gid > 0xFFFFFFFE):
+        raise OcirtError(f"invalid --user {text!r}: id out of range")
+    return uid, gid
+
+
+def exec_process_dict(opts: ExecOptions, config: dict) -> dict:
+    """The process to exec: from --process as given, or the container's process with the flags applied."""
+    if opts.process is not None:
+        process = dict(opts.process)
+        if opts.tty is not None:
+            process["terminal"] = opts.tty
+        return process
+    if not opts.args:
+        raise OcirtError("exec: no command given: pass the command after the container id, or --process")
+    base = config.get("process") or {}
+    process = {k: v for k, v in base.items() if k not in ("args", "commandLine", "terminal", "consoleSize")}
+    process["args"] = list(opts.args)
+    process["terminal"] = bool(opts.tty)
+    process["env"] = list(base.get("env") or []) + list(opts.env)
+    if opts.cwd:
+        process["cwd"] = opts.cwd
+    user = dict(base.get("user") or {"uid": 0, "gid": 0})
+    if opts.user:
+        uid, gid = parse_user(opts.user)
+        user["uid"] = uid
+        if gid is not None:
+            user["gid"] = gid
+    if opts.additional_gids:
+        try:
+            user["additionalGids"] = [int(g) for g in opts.additional_gids]
+        except ValueError:
+            raise OcirtError(f"invalid --additional-gids {opts.additional_gids!r}") from None
+    process["user"] = user
+    if opts.caps:
+        caps = {k: list(v) for k, v in (base.get("capabilities") or {}).items()}
+        for cap in opts.caps:
+            name = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
+            for kind in ("bounding", "effective", "permitted"):
+                if name not in caps.setdefault(kind, []):
+                    caps[kind].append(name)
+        process["capabilities"] = caps
+    if opts.no_new_privs:
+        process["noNewPrivileges"] = True
+    if opts.apparmor:
+        process["apparmorProfile"] = opts.apparmor
+    if opts.process_label:
+        process["selinuxLabel"] = opts.process_label
+    return process
+
+
+def exec_process(opts: ExecOptions) -> int:
+    from ocirt import syscalls as sc
+    from ocirt.linux.exec import ExecPlan, spawn_exec
+    from ocirt.linux.process import ProcessPlan
+
+    container = Container.load(opts.root, opts.container_id, shared=True)
+    try:
+        status = container.status()
+        if status == STOPPED:
+            raise NotRunning(opts.container_id)
+        if status == PAUSED and not opts.ignore_paused:
+            raise InvalidState(f"cannot exec in container {opts.container_id!r}: it is paused")
+        config = saved_config(container)
+        linux = config.get("linux") or {}
+        process = exec_process_dict(opts, config)
+        if opts.process is not None:
+            from ocirt.spec.validate import check_process
+
+            check_process(process)
+        plan_process = ProcessPlan(process, linux)
+        if plan_process.terminal and opts.detach and not opts.console_socket:
+            raise ConfigError("exec with a terminal in detached mode needs --console-socket")
+        seccomp = None
+        if linux.get("seccomp"):
+            from ocirt.linux.seccomp import compile_filter
+
+            seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(bool(container.runtime.get("rootless"))))
+        cgroup = None
+        if container.runtime.get("cgroup"):
+            from ocirt import cgroups
+
+            cgroup = cgroups.load_manager(container.runtime["cgroup"])
+        rootless = bool(container.runtime.get("rootless"))
+        from ocirt.linux.idmap import is_own_single_map
+
+        single_map = is_own_single_map(linux.get("uidMappings") or [], linux.get("gidMappings") or [],
+                                       os.geteuid(), os.getegid())
+        plan = ExecPlan(process=plan_process, seccomp=seccomp, init_pid=container.pid,
+                        init_start_time=container.runtime.get("start_time", 0), cgroup=cgroup,
+                        console_socket=opts.console_socket, relay_console=not opts.detach,
+                        preserve_fds=opts.preserve_fds,
+                        setgroups_allowed=not (rootless and single_map))
+        import ocirt.linux.process  # noqa: F401 - needed after the mount namespace is joined
+        if plan_process.terminal:
+            import ocirt.console  # noqa: F401
+        if seccomp is not None:
+            import ocirt.linux.seccomp  # noqa: F401
+        if not opts.detach:
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    except BaseException:
+        container.close()
+        raise
+    # The exec'd process must not inherit the lock, and the lock must not outlive this setup: a long
+    # foreground exec would otherwise block every other command on the container.
+    container.close()
+    spawned = spawn_exec(plan)
+    if opts.pid_file:
+        _write_pid_file(opts.pid_file, spawned.pid)
+    if opts.detach:
+        return 0
+    return _wait_foreground(spawned)
+
+
+def _wait_foreground(spawned) -> int:
+    import signal
+
+    def forward(signum, _frame):
+        try:
+            os.kill(spawned.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED_SIGNALS:
+        if signum == 28 and spawned.console_master is not None:
+            continue
+        signal.signal(signum, forward)
+    if spawned.console_master is not None:
+        from ocirt.console import relay
+
+        status = relay(spawned.console_master, spawned.pid)
+    else:
+        _, status = os.waitpid(spawned.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    _reap_orphans()
+    return 128 - code if code < 0 else code
+
+
 # -- run ------------------------------------------------------------------------------------------------------
 FORWARDED_SIGNALS = (1, 2, 3, 10, 12, 15, 28)
 
@@ -501,27 +696,7 @@ def run(opts: CreateOptions, *, keep: bool = False) -> int:
         raise
     if opts.detach:
         return 0
-    import signal
-
-    def forward(signum, _frame):
-        try:
-            os.kill(spawned.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in FORWARDED_SIGNALS:
-        if signum == 28 and spawned.console_master is not None:
-            continue
-        signal.signal(signum, forward)
-    if spawned.console_master is not None:
-        from ocirt.console import relay
-
-        status = relay(spawned.console_master, spawned.pid)
-    else:
-        _, status = os.waitpid(spawned.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    exit_code = 128 - code if code < 0 else code
-    _reap_orphans()
+    exit_code = _wait_foreground(spawned)
     if not keep:
         _cleanup_after_run(opts)
     return exit_code

@@ -167,28 +167,28 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
         if start_time is None:
             parent.expect("never")  # the init died at once: report its message
         parent.send("run", str(init_pid))
+        console_master = None
+        if plan.relay_console and fd_pair is not None:
+            from ocirt import console
+
+            parent.expect("console")
+            console_master = console.recv_fd(fd_pair[0])
         parent.expect("hooks")
         run_runtime_hooks(init_pid)
         parent.send("ok")
-        console_master = None
-        if fd_pair is not None:
+        listener = _listener_path(plan)
+        if listener and fd_pair is not None:
             from ocirt import console
+            from ocirt.linux import seccomp as seccomp_mod
 
-            listener = _listener_path(plan)
-            if listener:
-                parent.expect("seccomp")
-                notify_fd = console.recv_fd(fd_pair[0])
-                from ocirt.linux import seccomp as seccomp_mod
-
-                state = dict(plan.hook_state, pid=init_pid, status="creating")
-                try:
-                    seccomp_mod.send_listener_fd(listener, notify_fd, state,
-                                                 plan.config["linux"]["seccomp"].get("listenerMetadata", ""))
-                finally:
-                    os.close(notify_fd)
-            if plan.relay_console:
-                parent.expect("console")
-                console_master = console.recv_fd(fd_pair[0])
+            parent.expect("seccomp")
+            notify_fd = console.recv_fd(fd_pair[0])
+            state = dict(plan.hook_state, pid=init_pid, status="creating")
+            try:
+                seccomp_mod.send_listener_fd(listener, notify_fd, state,
+                                             plan.config["linux"]["seccomp"].get("listenerMetadata", ""))
+            finally:
+                os.close(notify_fd)
         parent.expect("ready")
         return Spawned(init_pid, start_time or 0, console_master)
     except BaseException:
@@ -294,7 +294,7 @@ def _write_time_offsets(offsets: dict) -> None:
 
 # -- the init ------------------------------------------------------------------------------------------------
 def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
-    from ocirt.linux import process, rootfs
+    from ocirt.linux import rootfs
 
     kind, payload = channel.recv()
     if kind != "run":
@@ -344,26 +344,52 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         from ocirt.linux.procfs import write_proc_file
 
         write_proc_file("self/oom_score_adj", str(plan.process.oom_score_adj))
-    process.apply_rlimits(plan.process)
-    process.apply_scheduling(plan.process)
-    if not plan.no_new_keyring:
-        _join_session_keyring(plan.container_id)
-    if plan.process.apparmor_profile or plan.process.selinux_label:
+
+    def wait_for_start() -> None:
+        # Blocks until `start` opens the fifo for reading.
+        fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        os.write(fd, b"0")
+        os.close(fd)
+        os.close(fifo_fd)
+        os.close(proc_fd)
+        if plan.start_container_hooks:
+            from ocirt.hooks import run_hooks
+
+            run_hooks(plan.start_container_hooks, "startContainer",
+                      dict(plan.hook_state, pid=init_host_pid, status="running"))
+
+    finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
+                   console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
+                   preserve_fds=plan.preserve_fds, listener=bool(_listener_path(plan)),
+                   keyring=None if plan.no_new_keyring else f"_ses.{plan.container_id}",
+                   after_ready=wait_for_start)
+
+
+def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: int | None,
+                   setgroups_allowed: bool, preserve_fds: int, listener: bool, keyring: str | None,
+                   after_ready=None) -> None:
+    """The steps the init and an exec'd process share, from limits to execve. Never returns."""
+    from ocirt.linux import process
+
+    process.apply_rlimits(proc)
+    process.apply_scheduling(proc)
+    if keyring:
+        _join_session_keyring(keyring)
+    if proc.apparmor_profile or proc.selinux_label:
         from ocirt.linux import lsm
 
-        if plan.process.apparmor_profile:
-            lsm.apply_apparmor(plan.process.apparmor_profile)
-        if plan.process.selinux_label:
-            lsm.apply_selinux_label(plan.process.selinux_label)
+        # Before the uid switch: a non-dumpable process can't open its own attr files once it isn't root.
+        if proc.apparmor_profile:
+            lsm.apply_apparmor(proc.apparmor_profile)
+        if proc.selinux_label:
+            lsm.apply_selinux_label(proc.selinux_label)
 
     # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the user switch may drop: load it
     # first then. With no_new_privs it waits until just before execve. A notify listener needs it now too,
     # to hand the fd over while the runtime still listens.
-    early_seccomp = plan.seccomp is not None and (
-        not plan.process.no_new_privileges or _listener_path(plan)
-    )
+    early_seccomp = seccomp is not None and (not proc.no_new_privileges or listener)
     if early_seccomp:
-        _install_seccomp(plan, fd_pair, channel)
+        _install_seccomp(seccomp, fd_pair, channel)
 
     if console_slave is not None:
         import fcntl
@@ -375,36 +401,25 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
             os.dup2(console_slave, target)
         os.close(console_slave)
 
-    process.switch_user(plan.process, setgroups_allowed=plan.setgroups_allowed)
-    process.chdir_cwd(plan.process)
-    if plan.process.no_new_privileges:
+    process.switch_user(proc, setgroups_allowed=setgroups_allowed)
+    process.chdir_cwd(proc)
+    if proc.no_new_privileges:
         process.set_no_new_privileges()
-    executable = process.find_executable(plan.process)
+    executable = process.find_executable(proc)
 
-    _seal_fds(plan.preserve_fds)
+    _seal_fds(preserve_fds)
     channel.send("ready")
     channel.close()
-
-    # Blocks until `start` opens the fifo for reading.
-    fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    os.write(fd, b"0")
-    os.close(fd)
-    os.close(fifo_fd)
-    os.close(proc_fd)
-
-    if plan.start_container_hooks:
-        from ocirt.hooks import run_hooks
-
-        run_hooks(plan.start_container_hooks, "startContainer",
-                  dict(plan.hook_state, pid=init_host_pid, status="running"))
-    if plan.seccomp is not None and not early_seccomp:
+    if after_ready is not None:
+        after_ready()
+    if seccomp is not None and not early_seccomp:
         from ocirt.linux.seccomp import install_filter
 
-        install_filter(plan.seccomp)
+        install_filter(seccomp)
     try:
-        os.execve(executable, plan.process.args, _env_dict(plan.process.env))
+        os.execve(executable, proc.args, _env_dict(proc.env))
     except OSError as err:
-        os.write(2, f'ocirt: exec: "{plan.process.args[0]}": {os.strerror(err.errno).lower()}\n'.encode())
+        os.write(2, f'ocirt: exec: "{proc.args[0]}": {os.strerror(err.errno).lower()}\n'.encode())
         os._exit(127 if err.errno == 2 else 126)
 
 
@@ -436,10 +451,10 @@ def _setup_console(plan: InitPlan, fd_pair, channel: Channel) -> int:
     return slave
 
 
-def _install_seccomp(plan: InitPlan, fd_pair, channel: Channel) -> None:
+def _install_seccomp(compiled, fd_pair, channel: Channel) -> None:
     from ocirt.linux.seccomp import install_filter
 
-    listener_fd = install_filter(plan.seccomp)
+    listener_fd = install_filter(compiled)
     if listener_fd is not None and fd_pair is not None:
         from ocirt import console
 
@@ -448,9 +463,9 @@ def _install_seccomp(plan: InitPlan, fd_pair, channel: Channel) -> None:
         os.close(listener_fd)
 
 
-def _join_session_keyring(container_id: str) -> None:
+def _join_session_keyring(name: str) -> None:
     try:
-        sc.keyctl_join_session_keyring(f"_ses.{container_id}"[:255])
+        sc.keyctl_join_session_keyring(name[:255])
     except OSError as err:
         # Kernels or seccomp profiles of the host may forbid keyrings; runc ignores ENOSYS and EACCES too.
         if err.errno not in (38, 13, 1):
