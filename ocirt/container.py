@@ -65,6 +65,7 @@ def create(opts: CreateOptions):
     from ocirt.linux.process import ProcessPlan
 
     config = load_config(opts.bundle)
+    _pass_notify_socket(config)
     linux = config.get("linux") or {}
     ns_plan = namespaces.plan_namespaces(config)
     if opts.rootless and not ns_plan.has("user"):
@@ -192,6 +193,25 @@ def _with_default_device_rules(linux: dict) -> dict | None:
             rules.append({"allow": True, "type": "c" if dev["type"] == "u" else dev["type"],
                           "major": dev.get("major"), "minor": dev.get("minor"), "access": "rwm"})
     return dict(resources, devices=rules)
+
+
+NOTIFY_SOCKET_IN_CONTAINER = "/run/notify/notify.sock"
+
+
+def _pass_notify_socket(config: dict) -> None:
+    """systemd's NOTIFY_SOCKET: bind the caller's socket into the container so sd_notify reaches it."""
+    host_socket = os.environ.get("NOTIFY_SOCKET")
+    if not host_socket or host_socket.startswith("@") or not os.path.exists(host_socket):
+        return
+    config.setdefault("mounts", []).append({
+        "destination": NOTIFY_SOCKET_IN_CONTAINER, "type": "bind", "source": os.path.abspath(host_socket),
+        "options": ["bind", "nosuid", "noexec", "nodev"],
+    })
+    process = config.get("process")
+    if process is not None:
+        env = [e for e in process.get("env") or [] if not e.startswith("NOTIFY_SOCKET=")]
+        env.append(f"NOTIFY_SOCKET={NOTIFY_SOCKET_IN_CONTAINER}")
+        process["env"] = env
 
 
 CONFIG_COPY = "config.json"
