@@ -147,8 +147,17 @@ def create(opts: CreateOptions):
                 from ocirt.linux.network import move_net_devices
 
                 container.runtime["net_devices"] = move_net_devices(net_devices, init_pid)
-            run_hooks(hooks_of(config, "prestart"), "prestart", state)
-            run_hooks(hooks_of(config, "createRuntime"), "createRuntime", state)
+            try:
+                run_hooks(hooks_of(config, "prestart"), "prestart", state)
+                run_hooks(hooks_of(config, "createRuntime"), "createRuntime", state)
+            except BaseException:
+                # The init dies next, and its network namespace with it: give the devices back first, or
+                # the kernel destroys the virtual ones.
+                if container.runtime.get("net_devices"):
+                    from ocirt.linux.network import return_net_devices
+
+                    return_net_devices(container.runtime.pop("net_devices"), init_pid, rollback=True)
+                raise
 
         spawned = spawn(plan, runtime_hooks)
         container.data["pid"] = spawned.pid
