@@ -121,6 +121,9 @@ def create(opts: CreateOptions):
         container.save()
         _save_config(container, config)
         os.mkfifo(container.fifo_path, 0o622)
+        # The umask would take the write bits away from a container process that runs as a non-root id
+        # (a subordinate uid, rootless); the state dir around it is private anyway.
+        os.chmod(container.fifo_path, 0o622)
         if ns_plan.has("user") and os.geteuid() == 0:
             _chown_to_container_root(container.fifo_path, linux)
         cgroup.create()
@@ -346,29 +349,42 @@ def start(root: str, container_id: str) -> None:
 
 
 def _release_init(container: Container) -> None:
-    """Open the exec fifo: the init, blocked opening its other end, goes on to execve."""
+    """Open the exec fifo: the init, blocked opening its other end, runs the startContainer hooks and
+    execs. It writes "0" (or "E" and the hook's error) and the fifo reaches EOF at its execve."""
     import select
 
     fd = os.open(container.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    received = b""
     try:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:
             if poller.poll(100):
                 try:
-                    data = os.read(fd, 1)
+                    data = os.read(fd, 4096)
                 except BlockingIOError:
                     continue
                 if data:
+                    received += data
+                    continue
+                # EOF counts only once the init has written: before its open returns there is no
+                # writer yet, which reads as EOF too.
+                if received:
                     break
             if not container.init_alive():
+                if received.startswith(b"E"):
+                    break
                 raise OcirtError(f"container {container.id!r}: its init exited before start")
+            if not received:
+                continue
     finally:
         os.close(fd)
         try:
             os.unlink(container.fifo_path)
         except FileNotFoundError:
             pass
+    if received.startswith(b"E"):
+        raise OcirtError(received[1:].decode(errors="replace"))
 
 
 # -- state, kill ----------------------------------------------------------------------------------------------
@@ -462,8 +478,9 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
         status = container.status()
         if status in (RUNNING, PAUSED) and not force:
             raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
-        if status == CREATING and not force:
-            raise InvalidState(f"cannot delete container {container_id!r} while it is being created")
+        if status in (CREATING, CREATED) and not force:
+            # runtime.md: deleting a container that is not stopped MUST fail (runc deletes a created one).
+            raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
         if status != STOPPED:
             _kill_and_wait(container)
         destroy(container)
@@ -562,8 +579,13 @@ class ExecOptions:
 
 def parse_user(text: str) -> tuple[int, int | None]:
     """``uid[:gid]`` as numbers: names would need the container's /etc/passwd, which runc doesn't read either."""
-    uid_text, _, gid_text = text.partition(":")
-    if len(text) > 64 or not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+    uid_text, colon, gid_text = text.partition(":")
+
+    def numeric(part: str) -> bool:
+        # str.isdigit() also accepts digits int() refuses, such as "²".
+        return part.isascii() and part.isdigit()
+
+    if len(text) > 64 or not numeric(uid_text) or (colon and not numeric(gid_text)):
         raise OcirtError(f"invalid --user {text[:64]!r}: use numeric uid[:gid]")
     uid = int(uid_text)
     gid = int(gid_text) if gid_text else None

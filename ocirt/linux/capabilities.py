@@ -105,12 +105,23 @@ def capability_mask(names: object, where: str) -> int:
     for i, name in enumerate(names):
         cap = CAPABILITIES.get(name) if isinstance(name, str) else None
         if cap is None:
-            raise ConfigError(f"unknown capability {name!r} in {where}[{i}]")
+            if not _well_formed(name):
+                raise ConfigError(f"unknown capability {name!r} in {where}[{i}]: capability names look "
+                                  "like CAP_SYS_ADMIN")
+            # The spec: a value that can't be mapped to the kernel MUST be logged as a warning, and the
+            # runtime SHOULD NOT fail (a config may name capabilities of a newer kernel).
+            log.warning(f"unknown capability {name!r} in {where}[{i}]: ignored")
+            continue
         if cap > top:
             log.debug(f"capability {name} in {where} is not known to this kernel (last is {top}): skipped")
             continue
         mask |= 1 << cap
     return mask
+
+
+def _well_formed(name: object) -> bool:
+    return isinstance(name, str) and name.startswith("CAP_") and len(name) > 4 and \
+        all(c.isupper() or c.isdigit() or c == "_" for c in name[4:])
 
 
 class CapabilityPlan:

@@ -87,6 +87,7 @@ class InitPlan:
         self.seccomp = seccomp
         self.cgroup = cgroup
         self.fifo_path = fifo_path
+        self.fifo_fd = -1
         self.console_socket = console_socket
         self.preserve_fds = preserve_fds
         self.no_new_keyring = no_new_keyring
@@ -140,6 +141,8 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
     from ocirt.linux import rootfs
 
     rootfs.open_mount_sources(plan.rootfs)
+    # Opened here: a mapped root in a user namespace may not be able to search the state directory.
+    plan.fifo_fd = os.open(plan.fifo_path, sc.O_PATH | os.O_CLOEXEC)
     intermediate = os.fork()
     if intermediate == 0:
         parent.close()
@@ -147,6 +150,7 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
             os.close(fd)
         _run_child(lambda: _intermediate(plan, child, join_fds, fd_pair), child)
     rootfs.close_mount_sources(plan.rootfs)
+    os.close(plan.fifo_fd)
     child.close()
     for _, fd in join_fds:
         os.close(fd)
@@ -271,7 +275,13 @@ def _intermediate(plan: InitPlan, channel: Channel, join_fds, fd_pair) -> None:
         os.close(fd)
     namespaces.unshare(ns.unshare_flags)
     if "time" in ns.new and plan.time_offsets:
-        _write_time_offsets(plan.time_offsets)
+        # The uid switch above made us non-dumpable, which hands /proc/self to the host's root, out of
+        # reach of a mapped root: be dumpable just for this write.
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
+        try:
+            _write_time_offsets(plan.time_offsets)
+        finally:
+            sc.prctl(sc.PR_SET_DUMPABLE, 0)
     pid = os.fork()
     if pid == 0:
         _run_child(lambda: _init(plan, channel, fd_pair), channel)
@@ -316,7 +326,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
 
     # Opened now, while the host's /proc and the state dir are reachable; used after pivot_root.
     proc_fd = os.open("/proc", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    fifo_fd = os.open(plan.fifo_path, sc.O_PATH | os.O_CLOEXEC)
+    fifo_fd = plan.fifo_fd
 
     rootfs.prepare_rootfs(plan.rootfs)
     console_slave = None
@@ -348,15 +358,21 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
     def wait_for_start() -> None:
         # Blocks until `start` opens the fifo for reading.
         fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-        os.write(fd, b"0")
-        os.close(fd)
         os.close(fifo_fd)
         os.close(proc_fd)
         if plan.start_container_hooks:
+            from ocirt.errors import HookError
             from ocirt.hooks import run_hooks
 
-            run_hooks(plan.start_container_hooks, "startContainer",
-                      dict(plan.hook_state, pid=init_host_pid, status="running"))
+            try:
+                run_hooks(plan.start_container_hooks, "startContainer",
+                          dict(plan.hook_state, pid=init_host_pid, status="running"))
+            except HookError as err:
+                os.write(fd, b"E" + str(err).encode()[:4000])
+                os._exit(1)
+        # The fd stays open, close-on-exec: `start` reads until EOF, which comes exactly at execve, so
+        # `start` returns (and runs poststart) only once the user's process runs.
+        os.write(fd, b"0")
 
     finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,

@@ -135,12 +135,21 @@ def test_dropping_the_bounding_set_needs_cap_setpcap():
     assert run_forked(child).ok() == "cannot drop CAP_DAC_OVERRIDE from the bounding set: operation not permitted"
 
 
-def test_unknown_name_is_a_config_error_naming_it_and_its_place():
+def test_malformed_name_is_a_config_error_naming_it_and_its_place():
     with pytest.raises(ConfigError) as caught:
-        caps.prepare({"bounding": ["CAP_CHOWN", "CAP_MAKE_COFFEE"]})
-    assert str(caught.value) == "unknown capability 'CAP_MAKE_COFFEE' in process.capabilities.bounding[1]"
+        caps.prepare({"bounding": ["CAP_CHOWN", "cap_make_coffee"]})
+    assert str(caught.value).startswith("unknown capability 'cap_make_coffee' in process.capabilities.bounding[1]")
     with pytest.raises(ConfigError, match=r"unknown capability 'chown' in process.capabilities.ambient\[0\]"):
         caps.capability_mask(["chown"], "process.capabilities.ambient")
+
+
+def test_well_formed_unknown_name_is_a_warning_not_a_failure(capsys):
+    # config.md: a capability that can't be mapped to the kernel MUST be logged as a warning and the
+    # runtime SHOULD NOT fail.
+    plan = caps.prepare({"bounding": ["CAP_CHOWN", "CAP_MAKE_COFFEE"]})
+    assert plan.bounding == 1 << caps.CAPABILITIES["CAP_CHOWN"]
+    assert "unknown capability 'CAP_MAKE_COFFEE' in process.capabilities.bounding[1]: ignored" in \
+        capsys.readouterr().err
 
 
 def test_effective_outside_permitted_is_a_config_error():
