@@ -60,6 +60,10 @@ commands:
   kill      send a signal               delete    delete a container
   list      list containers             spec      write a default config.json
   features  print supported features    validate  check a bundle's config.json
+  exec      run a process in a container  ps        list a container's processes
+  update    change resource limits      events    stats and OOM events
+  pause     freeze a container          resume    thaw a paused container
+  cgroup    delegate|undelegate cgroup subtrees to a user (root only)
 
 global options:
   --root DIR          state directory (default /run/ocirt, rootless $XDG_RUNTIME_DIR/ocirt)
@@ -144,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # exec's command keeps its own flags: stop at the first argument after the id.
             positional = parse(args, table, cmd_opts, stop_at_positional=command == "exec")
+        late_log_flags = any(key in cmd_opts for key in ("log", "log_format", "debug"))
         for key in ("root", "log", "log_format", "debug", "rootless"):
             if key in cmd_opts:
                 opts[key] = cmd_opts.pop(key)
+        if late_log_flags:
+            # Logging flags given after the command name count as much as those before it.
+            if opts.get("log_format", "text") not in ("text", "json"):
+                raise UsageError(f"invalid --log-format {opts['log_format']!r}: use text or json")
+            log.configure(opts.get("log"), opts.get("log_format", "text"), bool(opts.get("debug")))
         return handler(opts, cmd_opts, positional) or 0
     except OcirtError as err:
         log.error(str(err))
@@ -233,7 +243,7 @@ def _create_options(opts: dict, cmd: dict, positional: list[str], command: str, 
         pid_file=cmd.get("pid_file"), console_socket=cmd.get("console_socket"),
         no_pivot=bool(cmd.get("no_pivot")), no_new_keyring=bool(cmd.get("no_new_keyring")),
         preserve_fds=preserve + listen_fds, rootless=rootless_mode(opts), detach=detach,
-        relay_console=not detach and not cmd.get("console_socket"),
+        relay_console=not detach and not cmd.get("console_socket"), listen_fds=listen_fds,
     )
 
 

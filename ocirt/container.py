@@ -17,7 +17,7 @@ class CreateOptions:
     def __init__(self, *, root: str, container_id: str, bundle: str | None = None, pid_file: str | None = None,
                  console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
                  preserve_fds: int = 0, rootless: bool = False, detach: bool = True,
-                 relay_console: bool = False):
+                 relay_console: bool = False, listen_fds: int = 0):
         self.root = root
         self.container_id = container_id
         self.bundle = os.path.abspath(bundle or ".")
@@ -29,6 +29,8 @@ class CreateOptions:
         self.rootless = rootless
         self.detach = detach
         self.relay_console = relay_console
+        # How many of the preserved fds are systemd socket-activation fds (LISTEN_FDS), counted in preserve_fds.
+        self.listen_fds = listen_fds
 
 
 # -- config ---------------------------------------------------------------------------------------------------
@@ -68,6 +70,8 @@ def create(opts: CreateOptions):
     _pass_notify_socket(config)
     linux = config.get("linux") or {}
     ns_plan = namespaces.plan_namespaces(config)
+    if opts.listen_fds and "pid" in ns_plan.new:
+        _pass_listen_fds(config, opts.listen_fds)
     if opts.rootless and not ns_plan.has("user"):
         raise ConfigError("rootless containers need a user namespace: add {\"type\": \"user\"} to "
                           "linux.namespaces with uidMappings and gidMappings (see `ocirt spec --rootless`)")
@@ -128,6 +132,7 @@ def create(opts: CreateOptions):
             _chown_to_container_root(container.fifo_path, linux)
         cgroup.create()
         container.runtime["cgroup"] = cgroup.to_state()
+        container.runtime["resources"] = linux.get("resources") or {}
         container.runtime["freezer_path"] = _freezer_file(cgroup)
         container.save()
 
@@ -224,6 +229,19 @@ def _pass_notify_socket(config: dict) -> None:
         env = [e for e in process.get("env") or [] if not e.startswith("NOTIFY_SOCKET=")]
         env.append(f"NOTIFY_SOCKET={NOTIFY_SOCKET_IN_CONTAINER}")
         process["env"] = env
+
+
+def _pass_listen_fds(config: dict, count: int) -> None:
+    """Socket activation: the container's process, pid 1 of its new pid namespace, is the one the fds are for."""
+    process = config.get("process")
+    if process is None:
+        return
+    env = [e for e in process.get("env") or [] if not e.startswith(("LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES="))]
+    env += [f"LISTEN_FDS={count}", "LISTEN_PID=1"]
+    names = os.environ.get("LISTEN_FDNAMES")
+    if names:
+        env.append(f"LISTEN_FDNAMES={names}")
+    process["env"] = env
 
 
 CONFIG_COPY = "config.json"

@@ -40,6 +40,15 @@ def loads(text: str | bytes) -> object:
         raise JSONError(f"invalid JSON at offset {err.value}") from None
     except ValueError as err:
         raise JSONError(str(err)) from None
+    except SystemError:
+        # The C scanner reports syntax errors through json.decoder, which it looks up only if already
+        # imported: pay for the import on this error path alone, for the message.
+        import json
+
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise JSONError(str(err)) from None
     finally:
         _ScannerContext.memo.clear()
     if text[end:].strip():
