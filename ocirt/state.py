@@ -52,9 +52,12 @@ def ensure_root(root: str, rootless: bool) -> None:
         os.makedirs(root, mode=0o700 if rootless else 0o711, exist_ok=True)
     except OSError as err:
         raise OcirtError(f"cannot create state directory {root}: {err.strerror.lower()}") from None
-    st = os.stat(root)
+    st = os.lstat(root)
     if rootless and st.st_uid != os.geteuid():
         raise OcirtError(f"state directory {root} is owned by uid {st.st_uid}, not by you")
+    if rootless and st.st_mode & 0o077:
+        # Others must not reach the state (the exec fifo, the saved config) of a user's containers.
+        os.chmod(root, 0o700)
 
 
 def process_start_time(pid: int) -> int | None:
