@@ -213,7 +213,13 @@ def rootless_mode(opts: dict) -> bool:
         return False
     if value != "auto":
         raise UsageError(f"invalid --rootless value {value!r}: use auto, true or false")
-    return os.geteuid() != 0
+    # Like runc: unprivileged, or uid 0 inside a user namespace someone else made (rootless podman runs
+    # the runtime so), unless the caller says it is really root (USER=root).
+    if os.geteuid() != 0:
+        return True
+    from ocirt.state import in_user_namespace
+
+    return in_user_namespace() and os.environ.get("USER") != "root"
 
 
 def state_root(opts: dict) -> str:

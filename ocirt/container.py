@@ -72,7 +72,7 @@ def create(opts: CreateOptions):
     ns_plan = namespaces.plan_namespaces(config)
     if opts.listen_fds and "pid" in ns_plan.new:
         _pass_listen_fds(config, opts.listen_fds)
-    if opts.rootless and not ns_plan.has("user"):
+    if opts.rootless and os.geteuid() != 0 and not ns_plan.has("user"):
         raise ConfigError("rootless containers need a user namespace: add {\"type\": \"user\"} to "
                           "linux.namespaces with uidMappings and gidMappings (see `ocirt spec --rootless`)")
     process = config.get("process")
@@ -275,7 +275,8 @@ def _preload_for_init(config: dict, plan) -> None:
         import ocirt.hooks  # noqa: F401
     if plan.sysctl or plan.process.oom_score_adj is not None:
         import ocirt.linux.procfs  # noqa: F401
-    if plan.process.terminal:
+    if plan.process.terminal or getattr(plan.seccomp, "listener_path", None):
+        # The seccomp listener fd travels to the runtime through console.send_fd too.
         import ocirt.console  # noqa: F401
     if plan.process.apparmor_profile or plan.process.selinux_label:
         import ocirt.linux.lsm  # noqa: F401
@@ -700,7 +701,7 @@ def exec_process(opts: ExecOptions) -> int:
                         preserve_fds=opts.preserve_fds,
                         setgroups_allowed=not (rootless and single_map))
         import ocirt.linux.process  # noqa: F401 - needed after the mount namespace is joined
-        if plan_process.terminal:
+        if plan_process.terminal or getattr(seccomp, "listener_path", None):
             import ocirt.console  # noqa: F401
         if seccomp is not None:
             import ocirt.linux.seccomp  # noqa: F401

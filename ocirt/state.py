@@ -37,8 +37,23 @@ def validate_id(container_id: str) -> None:
         raise OcirtError(f"invalid container id {container_id!r}: use letters, digits, '_', '+', '-' and '.'")
 
 
+_in_userns: bool | None = None
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the initial one, whose map is the identity."""
+    global _in_userns
+    if _in_userns is None:
+        try:
+            with open("/proc/self/uid_map", "rb") as f:
+                _in_userns = f.read().split() != [b"0", b"0", b"4294967295"]
+        except OSError:
+            _in_userns = False
+    return _in_userns
+
+
 def default_root(rootless: bool) -> str:
-    if not rootless:
+    if not rootless or (os.geteuid() == 0 and not os.environ.get("XDG_RUNTIME_DIR")):
         return "/run/ocirt"
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
     if runtime_dir:

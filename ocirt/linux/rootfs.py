@@ -168,6 +168,12 @@ class RootfsPlan(_Plain):
         return self.rootfs
 
 
+def in_user_namespace() -> bool:
+    from ocirt.state import in_user_namespace as check
+
+    return check()
+
+
 def plan_rootfs(config: dict, bundle: str, *, rootless: bool, no_pivot: bool = False,
                 cgroup_paths: dict[str, str] | None = None) -> RootfsPlan:
     root = config.get("root") or {}
@@ -180,7 +186,9 @@ def plan_rootfs(config: dict, bundle: str, *, rootless: bool, no_pivot: bool = F
     linux = config.get("linux") or {}
     namespaces = {ns.get("type") for ns in linux.get("namespaces") or [] if not ns.get("path")}
     joined = {ns.get("type") for ns in linux.get("namespaces") or [] if ns.get("path")}
-    userns = "user" in namespaces or "user" in joined
+    # Already inside a user namespace (rootless podman runs its runtime as uid 0 in one): the limits of a
+    # user namespace apply even when the config asks for none.
+    userns = "user" in namespaces or "user" in joined or in_user_namespace()
     private_netns = "network" in namespaces or "network" in joined
     private_cgroupns = "cgroup" in namespaces or "cgroup" in joined
     uid_maps = _id_maps(linux.get("uidMappings"), "linux.uidMappings")
