@@ -699,7 +699,8 @@ def exec_process(opts: ExecOptions) -> int:
                         init_start_time=container.runtime.get("start_time", 0), cgroup=cgroup,
                         console_socket=opts.console_socket, relay_console=not opts.detach,
                         preserve_fds=opts.preserve_fds,
-                        setgroups_allowed=not (rootless and single_map))
+                        setgroups_allowed=not (rootless and single_map),
+                        listener_state=container.spec_state() if getattr(seccomp, "listener_path", None) else None)
         import ocirt.linux.process  # noqa: F401 - needed after the mount namespace is joined
         if plan_process.terminal or getattr(seccomp, "listener_path", None):
             import ocirt.console  # noqa: F401

@@ -70,9 +70,16 @@ def plan_devices(config: dict) -> list[DevicePlan]:
         if paths.clean(path) in ("/dev/ptmx", "/dev/console"):
             continue  # these two are set up by the runtime, whatever the config says
         mode = entry.get("fileMode")
+        major, minor = int(entry.get("major", 0)), int(entry.get("minor", 0))
+        # mknod's dev_t holds 12 bits of major and 20 of minor: larger numbers would wrap to another device.
+        if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
+            raise ConfigError(f"linux.devices {path}: {major}:{minor} is not a device number (major 0-4095, "
+                              f"minor 0-1048575)")
+        uid, gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
+        if not (0 <= uid <= 0xFFFFFFFE and 0 <= gid <= 0xFFFFFFFE):
+            raise ConfigError(f"linux.devices {path}: uid {uid} or gid {gid} is out of range")
         planned[paths.clean(path)] = DevicePlan(
-            paths.clean(path), kind, int(entry.get("major", 0)), int(entry.get("minor", 0)),
-            0o666 if mode is None else int(mode) & 0o7777, int(entry.get("uid", 0)), int(entry.get("gid", 0)))
+            paths.clean(path), kind, major, minor, 0o666 if mode is None else int(mode) & 0o7777, uid, gid)
     return list(planned.values())
 
 
@@ -122,6 +129,7 @@ def _bind_host_node(root_fd: int, dev: DevicePlan) -> None:
                 dev.kind != "p" and host.st_rdev != os.makedev(dev.major, dev.minor)):
             raise DeviceError(f"bind device {dev.path}: the host's node is not {dev.kind} "
                               f"{dev.major}:{dev.minor}")
+        _unlink_symlink(root_fd, dev.path)
         target = paths.create_file(root_fd, dev.path, 0o000)
         try:
             target_st = os.fstat(target)
@@ -138,6 +146,19 @@ def _bind_host_node(root_fd: int, dev: DevicePlan) -> None:
         raise DeviceError(f"bind device {dev.path} from the host: {_why(err)}") from None
     finally:
         os.close(host_fd)
+
+
+def _unlink_symlink(root_fd: int, path: str) -> None:
+    """An image's ``/dev/null -> elsewhere`` would make the bind land on the link's target (and leave
+    /dev/null a link), as mknod's path never does: the node's own name is never followed."""
+    parent, name = paths.open_parent(root_fd, path)
+    try:
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
 
 
 def create_dev_symlinks(root_fd: int, *, kcore: bool) -> None:

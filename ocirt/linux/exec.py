@@ -21,8 +21,10 @@ PROC_NS = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"),
 
 class ExecPlan:
     def __init__(self, *, process, seccomp, init_pid: int, init_start_time: int, cgroup,
-                 console_socket: str | None, relay_console: bool, preserve_fds: int, setgroups_allowed: bool):
+                 console_socket: str | None, relay_console: bool, preserve_fds: int, setgroups_allowed: bool,
+                 listener_state: dict | None = None):
         self.process = process
+        self.listener_state = listener_state  # the container's state, for a seccomp notify agent
         self.seccomp = seccomp
         self.init_pid = init_pid
         self.init_start_time = init_start_time
@@ -105,6 +107,18 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
 
             parent.expect("console")
             console_master = console.recv_fd(fd_pair[0])
+        if listener and fd_pair is not None:
+            from ocirt import console
+            from ocirt.linux import seccomp as seccomp_mod
+
+            parent.expect("seccomp")
+            notify_fd = console.recv_fd(fd_pair[0])
+            try:
+                seccomp_mod.send_listener_fd(plan.seccomp.listener_path, notify_fd,
+                                             plan.listener_state or {"pid": pid},
+                                             plan.seccomp.listener_metadata, pid=pid)
+            finally:
+                os.close(notify_fd)
         parent.expect("ready")
         return Spawned(pid, process_start_time(pid) or 0, console_master)
     except BaseException:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from ocirt import syscalls as sc
-from ocirt.errors import InitError, OcirtError
+from ocirt.errors import ConfigError, InitError, OcirtError
 
 
 class Channel:
@@ -95,6 +95,7 @@ class InitPlan:
         self.hostname = config.get("hostname")
         self.domainname = config.get("domainname")
         self.sysctl = dict(linux.get("sysctl") or {})
+        _check_sysctl(self.sysctl, namespaces)
         self.time_offsets = linux.get("timeOffsets") or {}
         self.uid_mappings = list(linux.get("uidMappings") or [])
         self.gid_mappings = list(linux.get("gidMappings") or [])
@@ -107,6 +108,30 @@ class InitPlan:
         # setgroups(2) is denied in a user namespace whose single-id map the user wrote itself.
         self.setgroups_allowed = not (rootless and namespaces.has("user") and "user" in namespaces.new
                                       and _single_own_map(self))
+
+
+_IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                          "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"})
+
+
+def _check_sysctl(sysctl: dict, namespaces) -> None:
+    """Only sysctls of a namespace the container has: any other is the host's own setting (a config's
+    kernel.core_pattern would run a program as the host's root on the next crash)."""
+    for key in sysctl:
+        parts = str(key).replace("/", ".").split(".")
+        if not all(parts):
+            raise ConfigError(f"$.linux.sysctl: malformed name {key!r}")
+        name = ".".join(parts)
+        if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
+            kind = "ipc"
+        elif name.startswith("net."):
+            kind = "network"
+        elif name in ("kernel.hostname", "kernel.domainname"):
+            kind = "uts"
+        else:
+            raise ConfigError(f"$.linux.sysctl: {key!r} is not namespaced: setting it would change the host")
+        if not namespaces.has(kind):
+            raise ConfigError(f"$.linux.sysctl: {key!r} needs a {kind} namespace of the container's own")
 
 
 def _single_own_map(plan: InitPlan) -> bool:

@@ -101,7 +101,8 @@ def _walk_creating(root_fd: int, target: str, mode: int, *, final_file: bool) ->
                 if last and final_file:
                     child = _make_file(parent, name, mode, walked)
                 else:
-                    child = _make_dir(parent, name, mode, walked)
+                    # ``mode`` is the final file's when creating a file: its parents still need search bits.
+                    child = _make_dir(parent, name, 0o755 if final_file else mode, walked)
             os.close(parent)
             parent = child
         return parent, ""

@@ -32,6 +32,7 @@ MEMPOLICY_MODES = {"MPOL_DEFAULT": 0, "MPOL_PREFERRED": 1, "MPOL_BIND": 2, "MPOL
 MEMPOLICY_FLAGS = {"MPOL_F_NUMA_BALANCING": 1 << 13, "MPOL_F_RELATIVE_NODES": 1 << 14,
                    "MPOL_F_STATIC_NODES": 1 << 15}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NGROUPS_MAX = 65536  # the kernel's limit on supplementary groups
 
 
 class ProcessPlan:
@@ -50,6 +51,16 @@ class ProcessPlan:
         self.uid = int(user.get("uid", 0))
         self.gid = int(user.get("gid", 0))
         self.additional_gids = [int(g) for g in user.get("additionalGids") or []]
+        # 4294967295 is (uid_t)-1, which setresuid/setresgid read as "leave unchanged": the process
+        # would silently stay root.
+        for what, value in (("uid", self.uid), ("gid", self.gid)):
+            if not 0 <= value <= 0xFFFFFFFE:
+                raise ConfigError(f"$.process.user.{what}: {value} is not a valid {what}")
+        if len(self.additional_gids) > NGROUPS_MAX:
+            raise ConfigError(f"$.process.user.additionalGids: {len(self.additional_gids)} groups, more than "
+                              f"the kernel's limit of {NGROUPS_MAX}")
+        if any(not 0 <= g <= 0xFFFFFFFE for g in self.additional_gids):
+            raise ConfigError("$.process.user.additionalGids: every gid must be between 0 and 4294967294")
         self.umask = user.get("umask")
         self.no_new_privileges = bool(process.get("noNewPrivileges"))
         self.oom_score_adj = process.get("oomScoreAdj")
@@ -66,7 +77,7 @@ class ProcessPlan:
             seen.add(name)
             soft, hard = int(rl["soft"]), int(rl["hard"])
             if soft > hard:
-                raise ConfigError(f"$.process.rlimits[{i}]: soft limit {soft} is above hard limit {hard}")
+                raise ConfigError(f"$.process.rlimits[{i}]: {name} soft limit {soft} is above hard limit {hard}")
             self.rlimits.append((name, RLIMITS[name], _rlim(soft), _rlim(hard)))
         self.scheduler = _plan_scheduler(process.get("scheduler"))
         self.io_priority = _plan_ioprio(process.get("ioPriority"))
@@ -228,10 +239,24 @@ def set_no_new_privileges() -> None:
 
 
 def chdir_cwd(plan: ProcessPlan) -> None:
+    # No magic links, inside the root: "/proc/self/fd/N" naming a directory fd still open here (one the
+    # caller leaked, or the runtime's own) would put the cwd on the host (CVE-2024-21626).
+    root_fd = cwd_fd = -1
     try:
-        os.chdir(plan.cwd)
+        root_fd = os.open("/", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        cwd_fd = sc.openat2(root_fd, plan.cwd, sc.O_PATH | os.O_DIRECTORY, 0,
+                            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        os.fchdir(cwd_fd)
     except OSError as err:
         raise OcirtError(f"cannot change to cwd {plan.cwd}: {os.strerror(err.errno).lower()}") from None
+    finally:
+        for fd in (cwd_fd, root_fd):
+            if fd >= 0:
+                os.close(fd)
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise OcirtError(f"cannot change to cwd {plan.cwd}: it is outside the container") from None
 
 
 def env_path(env: list[str]) -> str:

@@ -186,6 +186,11 @@ def plan_rootfs(config: dict, bundle: str, *, rootless: bool, no_pivot: bool = F
     linux = config.get("linux") or {}
     namespaces = {ns.get("type") for ns in linux.get("namespaces") or [] if not ns.get("path")}
     joined = {ns.get("type") for ns in linux.get("namespaces") or [] if ns.get("path")}
+    if "mount" not in namespaces and "mount" not in joined:
+        # Everything below (rslave "/", the mounts, pivot_root, masking) would act on the runtime's own
+        # mount namespace: the host's.
+        raise ConfigError("$.linux.namespaces: a container needs a mount namespace: without one its rootfs "
+                          "would be set up in the host's")
     # Already inside a user namespace (rootless podman runs its runtime as uid 0 in one): the limits of a
     # user namespace apply even when the config asks for none.
     userns = "user" in namespaces or "user" in joined or in_user_namespace()

@@ -421,7 +421,8 @@ def install_filter(compiled: CompiledFilter) -> int | None:
     return result if compiled.uses_notify else None
 
 
-def send_listener_fd(listener_path: str, notify_fd: int, state: dict, metadata: str | None) -> None:
+def send_listener_fd(listener_path: str, notify_fd: int, state: dict, metadata: str | None, *,
+                     pid: int | None = None) -> None:
     """Send the seccomp agent at ``listener_path`` the container process state and the listener fd.
 
     One connection, one message: the JSON payload of the spec's "container process state" with the
@@ -434,7 +435,9 @@ def send_listener_fd(listener_path: str, notify_fd: int, state: dict, metadata: 
 
     if "pid" not in state:
         raise OcirtError("cannot send the seccomp listener: the container state has no pid")
-    process_state: dict = {"ociVersion": OCI_VERSION, "fds": ["seccompFd"], "pid": state["pid"]}
+    # An exec'd process is not the container's init: ``pid`` names the process the filter belongs to.
+    process_state: dict = {"ociVersion": OCI_VERSION, "fds": ["seccompFd"],
+                           "pid": state["pid"] if pid is None else pid}
     if metadata:
         process_state["metadata"] = metadata
     process_state["state"] = state
