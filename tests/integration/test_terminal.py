@@ -1,0 +1,306 @@
+"""Terminals: the pty master handed over ``--console-socket`` (what conmon and containerd's shim expect),
+and the relay a foreground ``run -t``/``exec -t`` does without a socket. Root and rootless.
+
+Every test talks to a real shell through the pty it got: it waits for output before typing, and checks the
+answer of a command it typed.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import pty
+import select
+import socket
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import helpers
+import pytest
+
+PTMX = os.makedev(5, 2)
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(params=["root", "rootless"])
+def user(request) -> helpers.UnprivilegedUser | None:
+    if request.param == "rootless":
+        return request.getfixturevalue("unprivileged_user")
+    return None
+
+
+# -- the console socket ----------------------------------------------------------------------------------------
+class ConsoleSocket:
+    """A listening unix socket, as an engine makes one for ``--console-socket``."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "console.sock"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.listener.bind(str(self.path))
+        os.chmod(self.path, 0o777)  # a rootless runtime connects as its user
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+
+    def receive(self) -> tuple[bytes, list[int]]:
+        """Accept one connection; return its one message's payload and every fd it carried, and check
+        that nothing else follows."""
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(10)
+            payload, ancdata, flags, _ = conn.recvmsg(4096, socket.CMSG_SPACE(16 * 4))
+            assert not flags & socket.MSG_CTRUNC
+            fds: list[int] = []
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
+            rest = conn.recv(4096)
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        assert rest == b"", f"more data after the fd message: {rest!r}"
+        return payload, fds
+
+    def receive_master(self) -> int:
+        payload, fds = self.receive()
+        for fd in fds[1:]:
+            os.close(fd)
+        assert len(fds) == 1, f"expected exactly one fd, got {len(fds)}"
+        assert payload, "the message carrying the fd has a non-empty payload"
+        assert os.fstat(fds[0]).st_rdev == PTMX, "the fd is a pty master"
+        return fds[0]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def read_until(fd: int, marker: bytes, timeout: float = 10.0) -> bytes:
+    """Read from ``fd`` until ``marker`` shows up; fail with what arrived if it doesn't in time."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"{marker!r} did not arrive; got {data!r}")
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other side of the pty is gone
+            chunk = b""
+        if not chunk:
+            pytest.fail(f"end of output before {marker!r}; got {data!r}")
+        data += chunk
+    return data
+
+
+def read_to_end(fd: int, timeout: float = 10.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not readable:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def talk_to_shell(master: int) -> None:
+    """Wait for the shell's prompt, type a command, read its answer, and leave the shell."""
+    read_until(master, b"# ")
+    os.write(master, b"tty; echo ab$((6*7))cd\n")
+    answer = read_until(master, b"ab42cd\r\n")
+    assert b"/dev/pts/" in answer, answer
+    os.write(master, b"exit\n")
+
+
+def test_exec_hands_a_working_pty_master_to_the_console_socket(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sleep", "600"])
+    assert bundle.run("-d").returncode == 0
+    console = ConsoleSocket(bundle.path)
+    master = None
+    try:
+        pid_file = bundle.path / "exec.pid"
+        result = bundle.runtime(["exec", "-t", "-d", "--console-socket", console.path, "--pid-file", pid_file,
+                                 bundle.id, "sh"])
+        assert result.returncode == 0, result.stderr
+        # Written before the detached exec returned.
+        pid = int(pid_file.read_text())
+        assert os.readlink(f"/proc/{pid}/fd/0").startswith("/dev/pts/")
+        master = console.receive_master()
+        talk_to_shell(master)
+        assert wait_for(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or
+                        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    finally:
+        if master is not None:
+            os.close(master)
+        console.close()
+        bundle.delete(force=True)
+
+
+def test_exec_with_terminal_from_the_process_file_uses_the_console_socket(make_bundle, user):
+    # containerd's shim passes no --tty: the terminal comes from process.terminal.
+    bundle = make_bundle(user=user, args=["sleep", "600"])
+    assert bundle.run("-d").returncode == 0
+    console = ConsoleSocket(bundle.path)
+    master = None
+    try:
+        process = dict(bundle.config["process"], args=["sh"], terminal=True)
+        process_file = bundle.path / "process.json"
+        process_file.write_text(json.dumps(process))
+        pid_file = bundle.path / "exec.pid"
+        result = bundle.runtime(["exec", "--process", process_file, "--console-socket", console.path,
+                                 "--detach", "--pid-file", pid_file, bundle.id])
+        assert result.returncode == 0, result.stderr
+        assert pid_file.read_text().isdigit()
+        master = console.receive_master()
+        talk_to_shell(master)
+    finally:
+        if master is not None:
+            os.close(master)
+        console.close()
+        bundle.delete(force=True)
+
+
+def test_create_hands_the_init_pty_master_to_the_console_socket(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sh"], terminal=True)
+    console = ConsoleSocket(bundle.path)
+    master = None
+    try:
+        pid_file = bundle.path / "init.pid"
+        result = bundle.create("--console-socket", console.path, "--pid-file", pid_file)
+        assert result.returncode == 0, result.stderr
+        assert pid_file.read_text().isdigit()
+        master = console.receive_master()
+        assert bundle.start().returncode == 0
+        talk_to_shell(master)
+        assert wait_for(lambda: bundle.state()["status"] == "stopped")
+        assert bundle.delete().returncode == 0
+    finally:
+        if master is not None:
+            os.close(master)
+        console.close()
+        bundle.delete(force=True)
+
+
+def test_a_detached_terminal_without_a_console_socket_is_refused(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sh"], terminal=True)
+    result = bundle.create()
+    assert result.returncode != 0
+    assert "--console-socket" in result.stderr
+    running = make_bundle(user=user, args=["sleep", "600"])
+    assert running.run("-d").returncode == 0
+    try:
+        result = running.runtime(["exec", "-t", "-d", running.id, "sh"])
+        assert result.returncode != 0
+        assert "--console-socket" in result.stderr
+    finally:
+        running.delete(force=True)
+
+
+def test_an_unreachable_console_socket_is_an_error_that_leaves_nothing(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sh"], terminal=True)
+    missing = bundle.path / "nobody-listens.sock"
+    result = bundle.create("--console-socket", missing)
+    assert result.returncode != 0
+    assert f"cannot connect to console socket {missing}: no such file or directory" in result.stderr
+    assert not (bundle.root / bundle.id).exists()
+
+
+# -- the relay of a foreground run -t / exec -t ------------------------------------------------------------------
+def start_on_pty(bundle: helpers.Bundle, args: list[str | os.PathLike], *, rows: int = 33, cols: int = 77):
+    """Start the runtime with a new pty as its stdio (as a terminal session would); return it and the
+    pty's master."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    command = [bundle.runtime_path or helpers.runtime_path(), "--root", str(bundle.root), *map(str, args)]
+    identity: dict = {}
+    if bundle.user is not None:
+        identity = {"user": bundle.user.uid, "group": bundle.user.gid, "extra_groups": [],
+                    "cwd": bundle.user.home}
+    try:
+        proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=helpers.base_env(bundle.user),
+                                start_new_session=True, **identity)
+    finally:
+        os.close(slave)
+    return proc, master
+
+
+def relay_conversation(proc: subprocess.Popen, master: int) -> tuple[int, bytes]:
+    try:
+        seen = read_until(master, b"# ")
+        os.write(master, b"stty size; tty; echo ab$((6*7))cd; exit 3\n")
+        seen += read_until(master, b"ab42cd")
+        seen += read_to_end(master)
+        return proc.wait(timeout=10), seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_foreground_run_with_a_terminal_relays_the_pty(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sh"], terminal=True)
+    bundle.write()
+    proc, master = start_on_pty(bundle, ["run", "--bundle", bundle.path, bundle.id])
+    code, output = relay_conversation(proc, master)
+    assert code == 3, output
+    assert b"33 77\r\n" in output, "the window size of the caller's terminal reaches the container"
+    assert b"/dev/pts/0\r\n" in output
+    assert b"ab42cd\r\n" in output
+    assert not (bundle.root / bundle.id).exists(), "run removes the container after it exits"
+
+
+def test_foreground_exec_with_tty_relays_the_pty(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sleep", "600"])
+    assert bundle.run("-d").returncode == 0
+    try:
+        proc, master = start_on_pty(bundle, ["exec", "-t", bundle.id, "sh"], rows=21, cols=99)
+        code, output = relay_conversation(proc, master)
+        assert code == 3, output
+        assert b"21 99\r\n" in output
+        assert b"ab42cd\r\n" in output
+        assert bundle.state()["status"] == "running"
+    finally:
+        bundle.delete(force=True)
+
+
+def test_the_relay_restores_the_callers_terminal_mode(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sh", "-c", "exit 0"], terminal=True)
+    bundle.write()
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    command = [bundle.runtime_path or helpers.runtime_path(), "--root", str(bundle.root), "run", "--bundle",
+               str(bundle.path), bundle.id]
+    identity: dict = {}
+    if bundle.user is not None:
+        identity = {"user": bundle.user.uid, "group": bundle.user.gid, "extra_groups": [],
+                    "cwd": bundle.user.home}
+    try:
+        proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave,
+                                env=helpers.base_env(bundle.user), start_new_session=True, **identity)
+        read_to_end(master, timeout=5)
+        assert proc.wait(timeout=10) == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(slave)
+        os.close(master)
