@@ -335,6 +335,11 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
     if kind != "run":
         os._exit(1)
     init_host_pid = int(payload)
+    if not plan.namespaces.has("user"):
+        # Without a user namespace the container's root is the host's: until execve, nothing in the
+        # container may open this process's /proc entries (its exe is the host's interpreter).
+        # With one, /proc/self would then belong to the host's root and the mapped root could not use it.
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
     os.setsid()
     ns = plan.namespaces
     if "network" in ns.new:

@@ -39,6 +39,10 @@ class ProcessPlan:
     """Everything about ``process`` that the init applies, parsed and checked up front."""
 
     def __init__(self, process: dict, linux: dict):
+        # The interpreter running the runtime (and, until execve, the init): the container must never be
+        # able to execute it, or it could reopen it for writing afterwards (CVE-2019-5736).
+        st = os.stat("/proc/self/exe")
+        self.runtime_exe = (st.st_dev, st.st_ino)
         self.args: list[str] = list(process.get("args") or [])
         if not self.args:
             raise ConfigError("$.process.args: the process needs at least one argument")
@@ -283,6 +287,9 @@ def find_executable(plan: ProcessPlan) -> str:
             denied = denied or path
             continue
         if os.access(path, os.X_OK):
+            if (st.st_dev, st.st_ino) == plan.runtime_exe:
+                raise OcirtError(f'exec: "{name}": {path} is the runtime\'s own interpreter: refused '
+                                 "(a container must not run the host's runtime binary)", exit_code=126)
             return path
         denied = denied or path
     if denied is not None:
