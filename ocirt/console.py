@@ -78,7 +78,7 @@ def copy_window_size(src_fd: int, dst_fd: int) -> None:
 def relay(master: int, child_pid: int) -> int:
     """Relay stdio to the pty until the child exits; return its wait status."""
     import select
-    import signal
+    import _signal as signal  # the C module: "signal" pulls in enum (~5 ms)
     import termios
     import tty
 

@@ -56,7 +56,9 @@ def load_config(bundle: str) -> dict:
 
 
 def _rootfs_path(config: dict, bundle: str) -> str:
-    path = config["root"]["path"]
+    path = (config.get("root") or {}).get("path")
+    if not path:
+        raise ConfigError("root.path is not set")
     return path if os.path.isabs(path) else os.path.join(bundle, path)
 
 
@@ -723,7 +725,7 @@ def exec_process(opts: ExecOptions) -> int:
 
 
 def _wait_foreground(spawned) -> int:
-    import signal
+    import _signal as signal  # the C module: "signal" pulls in enum (~5 ms)
 
     def forward(signum, _frame):
         try:
