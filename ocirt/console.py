@@ -67,6 +67,10 @@ def become_session_leader_on(slave: int) -> None:
         os.dup2(slave, target)
 
 
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
 def copy_window_size(src_fd: int, dst_fd: int) -> None:
     try:
         size = fcntl.ioctl(src_fd, TIOCGWINSZ, b"\0" * 8)
@@ -77,8 +81,8 @@ def copy_window_size(src_fd: int, dst_fd: int) -> None:
 
 def relay(master: int, child_pid: int) -> int:
     """Relay stdio to the pty until the child exits; return its wait status."""
-    import select
     import _signal as signal  # the C module: "signal" pulls in enum (~5 ms)
+    import select
     import termios
     import tty
 

@@ -61,6 +61,9 @@ def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
             os.execve(path, args, _env_dict(env) if env is not None else {})
         except OSError as err:
             os.write(2, f"{os.strerror(err.errno).lower()}".encode())
+        except BaseException as err:  # noqa: BLE001 - the forked child must never unwind into the runtime
+            # execve's ValueError: an empty args[0], or a NUL byte in an argument or variable.
+            os.write(2, str(err).encode(errors="replace"))
         os._exit(127)
     os.close(stdin_r)
     os.close(err_w)

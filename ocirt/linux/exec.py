@@ -107,6 +107,7 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
 
             parent.expect("console")
             console_master = console.recv_fd(fd_pair[0])
+            console.copy_window_size(0, console_master)
         if listener and fd_pair is not None:
             from ocirt import console
             from ocirt.linux import seccomp as seccomp_mod
@@ -177,6 +178,8 @@ def _exec_process(plan: ExecPlan, channel: Channel, fd_pair, console_sock) -> No
         from ocirt import console
 
         master, console_slave = console.open_pty(_open_container_ptmx())
+        if plan.process.console_size:
+            console.set_window_size(master, *plan.process.console_size)
         if console_sock is not None:
             console.send_fd(console_sock, master)
             console_sock.close()

@@ -8,7 +8,6 @@ check /etc/subuid and /etc/subgid.
 from __future__ import annotations
 
 import os
-import shutil
 
 from ocirt.errors import OcirtError
 
@@ -45,6 +44,9 @@ def _write(path: str, data: str) -> None:
 
 
 def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> None:
+    if not uid_mappings or not gid_mappings:
+        missing = "linux.uidMappings" if not uid_mappings else "linux.gidMappings"
+        raise OcirtError(f"a new user namespace needs id mappings, and {missing} is empty")
     euid, egid = os.geteuid(), os.getegid()
     if euid == 0:
         try:
@@ -69,7 +71,9 @@ def _run_helper(tool: str, pid: int, mappings: list[dict], grant_file: str) -> N
     import pwd
     import subprocess
 
-    path = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    # Not shutil.which: shutil pulls in re, bz2 and lzma (up to 10 ms and 1.3 MiB) for one lookup.
+    path = next((f"{d}/{tool}" for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
+                 if os.access(f"{d}/{tool}", os.X_OK)), None)
     try:
         user = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:

@@ -202,6 +202,8 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
 
             parent.expect("console")
             console_master = console.recv_fd(fd_pair[0])
+            # Before the process starts, so its first look at the terminal sees the caller's size.
+            console.copy_window_size(0, console_master)
         parent.expect("hooks")
         run_runtime_hooks(init_pid)
         parent.send("ok")
@@ -483,6 +485,8 @@ def _setup_console(plan: InitPlan, fd_pair, channel: Channel) -> int:
     from ocirt.linux import rootfs
 
     master, slave = console.open_pty(rootfs.open_ptmx(plan.rootfs))
+    if plan.process.console_size:
+        console.set_window_size(master, *plan.process.console_size)
     rootfs.mount_console(plan.rootfs, f"/proc/self/fd/{slave}")
     if plan.console_socket:
         sock = console.connect(plan.console_socket)

@@ -51,6 +51,8 @@ class ProcessPlan:
         if not self.cwd.startswith("/"):
             raise ConfigError(f"$.process.cwd: {self.cwd!r} is not an absolute path")
         self.terminal = bool(process.get("terminal"))
+        size = process.get("consoleSize") or {}
+        self.console_size = (int(size["height"]), int(size["width"])) if size else None
         user = process.get("user") or {}
         self.uid = int(user.get("uid", 0))
         self.gid = int(user.get("gid", 0))
