@@ -89,6 +89,9 @@ def create(opts: CreateOptions):
         raise ConfigError(f"rootfs {rootfs_path} does not exist or is not a directory")
     net_devices = linux.get("netDevices")
     if net_devices:
+        if not ns_plan.has("network"):
+            raise ConfigError("$.linux.netDevices: moving devices into the container needs a network "
+                              "namespace of its own (add {\"type\": \"network\"} to linux.namespaces)")
         from ocirt.linux.network import check_net_devices
 
         check_net_devices(net_devices, rootless=opts.rootless)
@@ -363,10 +366,10 @@ def start(root: str, container_id: str) -> None:
             raise InvalidState(f"cannot start container {container_id!r} in status {status}: "
                                "it is not in the created state")
         _release_init(container)
-        from ocirt.hooks import run_hooks_logged
-
         hooks = container.runtime.get("hooks") or {}
         if hooks.get("poststart"):
+            from ocirt.hooks import run_hooks_logged
+
             run_hooks_logged(hooks["poststart"], "poststart", container.spec_state())
     finally:
         container.close()
