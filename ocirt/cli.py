@@ -9,7 +9,7 @@ import os
 import sys
 
 from ocirt import OCI_VERSION, __version__, log
-from ocirt.errors import OcirtError
+from ocirt.errors import OcirtError, why
 
 # name -> (destination, takes a value). Aliases map to the same destination.
 GLOBAL_FLAGS = {
@@ -318,7 +318,7 @@ def cmd_exec(opts, cmd, positional):
             with open(cmd["process"], "rb") as f:
                 process = loads(f.read())
         except OSError as err:
-            raise OcirtError(f"cannot read process file {cmd['process']}: {err.strerror.lower()}") from None
+            raise OcirtError(f"cannot read process file {cmd['process']}: {why(err)}") from None
         except JSONError as err:
             raise OcirtError(f"process file {cmd['process']}: malformed JSON: {err}") from None
         if not isinstance(process, dict):
@@ -378,7 +378,7 @@ def cmd_spec(opts, cmd, positional):
         with open(path, "x") as f:
             f.write(dumps_indent(config) + "\n")
     except OSError as err:
-        raise OcirtError(f"cannot write {path}: {err.strerror.lower()}") from None
+        raise OcirtError(f"cannot write {path}: {why(err)}") from None
 
 
 def cmd_features(opts, cmd, positional):
@@ -397,7 +397,7 @@ def cmd_validate(opts, cmd, positional):
         with open(path, "rb") as f:
             config = loads(f.read())
     except OSError as err:
-        raise OcirtError(f"cannot read {path}: {err.strerror.lower()}") from None
+        raise OcirtError(f"cannot read {path}: {why(err)}") from None
     except JSONError as err:
         raise OcirtError(f"{path}: malformed JSON: {err}") from None
     issues = validate_config(config)

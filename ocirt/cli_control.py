@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ocirt.errors import why
+
 # flag -> (destination, takes a value), runc's names; --cpu-shares is accepted beside runc's --cpu-share.
 _UPDATE = {
     "--resources": ("resources", True), "-r": ("resources", True),
@@ -101,7 +103,7 @@ def cmd_update(opts, cmd, positional):
                 with open(source, "rb") as handle:
                     text = handle.read()
             except OSError as err:
-                raise OcirtError(f"cannot read --resources {source}: {os.strerror(err.errno or 0).lower()}") \
+                raise OcirtError(f"cannot read --resources {source}: {why(err)}") \
                     from None
             name = source
         resources = parse_resources(text, name)

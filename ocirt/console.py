@@ -11,6 +11,8 @@ import fcntl
 import os
 import struct
 
+from ocirt.errors import why
+
 TIOCSCTTY = 0x540E
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
@@ -39,7 +41,7 @@ def connect(socket_path: str):
         sock.close()
         from ocirt.errors import OcirtError
 
-        raise OcirtError(f"cannot connect to console socket {socket_path}: {err.strerror.lower()}") from None
+        raise OcirtError(f"cannot connect to console socket {socket_path}: {why(err)}") from None
     return sock
 
 

@@ -9,7 +9,7 @@ import os
 import time
 
 from ocirt import OCI_VERSION, log
-from ocirt.errors import ConfigError, ContainerNotFound, InvalidState, NotRunning, OcirtError
+from ocirt.errors import ConfigError, ContainerNotFound, InvalidState, NotRunning, OcirtError, why
 from ocirt.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container, ensure_root
 
 
@@ -40,7 +40,7 @@ def load_config(bundle: str) -> dict:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror.lower()}") from None
+        raise ConfigError(f"cannot read {path}: {why(err)}") from None
     from ocirt.fastjson import JSONError, loads
 
     try:
@@ -489,7 +489,7 @@ def _signal_init(container: Container, sig: int) -> None:
     except OSError as err:
         if err.errno == 3:
             raise NotRunning(container.id) from None
-        raise OcirtError(f"cannot signal container {container.id!r}: {os.strerror(err.errno).lower()}") from None
+        raise OcirtError(f"cannot signal container {container.id!r}: {why(err)}") from None
     finally:
         os.close(pidfd)
 
@@ -560,13 +560,8 @@ def destroy(container: Container) -> None:
                     log.warning(f"cannot remove the cgroups of {container.id!r}: {err}")
                     break
                 time.sleep(0.01)
-    if runtime.get("net_devices"):
-        from ocirt.linux.network import return_net_devices
-
-        try:
-            return_net_devices(runtime["net_devices"], None)
-        except OcirtError as err:
-            log.warning(str(err))
+    # linux.netDevices are not moved back (config-linux.md: the runtime MUST NOT move them out before the
+    # namespace is gone): a physical device returns to the host with the namespace, a virtual one dies.
     hooks = runtime.get("hooks") or {}
     if hooks.get("poststop"):
         from ocirt.hooks import run_hooks_logged

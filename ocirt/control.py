@@ -11,7 +11,7 @@ import os
 import time
 
 from ocirt import log
-from ocirt.errors import CgroupError, InvalidState, OcirtError
+from ocirt.errors import CgroupError, InvalidState, OcirtError, why
 from ocirt.state import CREATED, PAUSED, RUNNING, STOPPED, Container, process_start_time
 
 TYPE_CHECKING = False
@@ -278,7 +278,7 @@ def ps_table(pids: list[int], ps_args: list[str]) -> str:
         result = subprocess.run(["ps", *(ps_args or ["-ef"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 check=False)
     except OSError as err:
-        raise OcirtError(f"cannot run ps: {os.strerror(err.errno or 0).lower()}") from None
+        raise OcirtError(f"cannot run ps: {why(err)}") from None
     output = result.stdout.decode(errors="replace")
     if result.returncode != 0:
         raise OcirtError(f"ps {' '.join(ps_args or ['-ef'])} failed (exit {result.returncode}): "

@@ -1,5 +1,12 @@
 """Exceptions that carry a message for people and the exit code the CLI returns."""
 
+import os
+
+
+def why(err: OSError) -> str:
+    """The kernel's reason for ``err`` as it reads in a message: "no such file or directory"."""
+    return os.strerror(err.errno).lower() if err.errno else str(err)
+
 
 class OcirtError(Exception):
     """Base of every error ocirt reports. ``str(err)`` is the one-line message."""

@@ -23,7 +23,7 @@ class _ScannerContext:
         raise ValueError(f"invalid constant {name}")
 
 
-_scan = _json.make_scanner(_ScannerContext())
+_scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]
 
 
 class JSONError(ValueError):

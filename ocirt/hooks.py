@@ -14,7 +14,7 @@ import os
 import time
 
 from ocirt import log
-from ocirt.errors import HookError
+from ocirt.errors import HookError, why
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
@@ -53,14 +53,14 @@ def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
     try:
         pid = os.fork()
     except OSError as err:
-        raise HookError(f"{what}: cannot fork: {err.strerror.lower()}") from None
+        raise HookError(f"{what}: cannot fork: {why(err)}") from None
     if pid == 0:
         try:
             os.dup2(stdin_r, 0)
             os.dup2(err_w, 2)
             os.execve(path, args, _env_dict(env) if env is not None else {})
         except OSError as err:
-            os.write(2, f"{os.strerror(err.errno).lower()}".encode())
+            os.write(2, f"{why(err)}".encode())
         except BaseException as err:  # noqa: BLE001 - the forked child must never unwind into the runtime
             # execve's ValueError: an empty args[0], or a NUL byte in an argument or variable.
             os.write(2, str(err).encode(errors="replace"))

@@ -16,7 +16,7 @@ import fcntl
 import os
 
 from ocirt import OCI_VERSION
-from ocirt.errors import ContainerExists, ContainerNotFound, InvalidState, OcirtError
+from ocirt.errors import ContainerExists, ContainerNotFound, InvalidState, OcirtError, why
 
 STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
@@ -66,7 +66,7 @@ def ensure_root(root: str, rootless: bool) -> None:
     try:
         os.makedirs(root, mode=0o700 if rootless else 0o711, exist_ok=True)
     except OSError as err:
-        raise OcirtError(f"cannot create state directory {root}: {err.strerror.lower()}") from None
+        raise OcirtError(f"cannot create state directory {root}: {why(err)}") from None
     st = os.lstat(root)
     if rootless and st.st_uid != os.geteuid():
         raise OcirtError(f"state directory {root} is owned by uid {st.st_uid}, not by you")
@@ -109,7 +109,7 @@ class Container:
         except FileExistsError:
             raise ContainerExists(container_id) from None
         except OSError as err:
-            raise OcirtError(f"cannot create {path}: {err.strerror.lower()}") from None
+            raise OcirtError(f"cannot create {path}: {why(err)}") from None
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return cls(root, container_id, fd, {})

@@ -657,3 +657,22 @@ def world_reachable_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o755 | (os.stat(path).st_mode & stat.S_ISVTX))
     return path
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (nothing reaps orphans on this VM)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

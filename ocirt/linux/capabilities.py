@@ -11,10 +11,8 @@ the container gets exactly what it asks for. Inheritable stays empty unless the 
 
 from __future__ import annotations
 
-import os
-
 from ocirt import log, syscalls
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 
 CAPABILITIES = {
     "CAP_CHOWN": 0,
@@ -177,7 +175,7 @@ def drop_bounding(plan: CapabilityPlan) -> None:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
         except OSError as err:
             raise OcirtError(f"cannot drop {CAPABILITY_NAMES.get(cap, cap)} from the bounding set: "
-                             f"{os.strerror(err.errno or 0).lower()}") from None
+                             f"{why(err)}") from None
 
 
 def keep_caps_for_uid_switch() -> None:
@@ -185,7 +183,7 @@ def keep_caps_for_uid_switch() -> None:
     try:
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
     except OSError as err:
-        raise OcirtError(f"cannot set keep-caps: {os.strerror(err.errno or 0).lower()}") from None
+        raise OcirtError(f"cannot set keep-caps: {why(err)}") from None
 
 
 def apply(plan: CapabilityPlan) -> None:
@@ -194,7 +192,7 @@ def apply(plan: CapabilityPlan) -> None:
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 0)
         permitted = syscalls.capget()[1]
     except OSError as err:
-        raise OcirtError(f"cannot read the capabilities: {os.strerror(err.errno or 0).lower()}") from None
+        raise OcirtError(f"cannot read the capabilities: {why(err)}") from None
     missing = plan.permitted & ~permitted
     if missing:
         raise OcirtError(f"cannot grant {', '.join(names_of(missing))}: the runtime does not hold them")
@@ -203,11 +201,11 @@ def apply(plan: CapabilityPlan) -> None:
     except OSError as err:
         raise OcirtError(f"cannot set the capabilities (effective {plan.effective:#x}, permitted "
                          f"{plan.permitted:#x}, inheritable {plan.inheritable:#x}): "
-                         f"{os.strerror(err.errno or 0).lower()}") from None
+                         f"{why(err)}") from None
     try:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as err:
-        raise OcirtError(f"cannot clear the ambient capabilities: {os.strerror(err.errno or 0).lower()}") \
+        raise OcirtError(f"cannot clear the ambient capabilities: {why(err)}") \
             from None
     for cap in range(plan.last_cap + 1):
         if plan.ambient >> cap & 1:
@@ -215,4 +213,4 @@ def apply(plan: CapabilityPlan) -> None:
                 syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, cap)
             except OSError as err:
                 raise OcirtError(f"cannot raise the ambient capability {CAPABILITY_NAMES.get(cap, cap)}: "
-                                 f"{os.strerror(err.errno or 0).lower()}") from None
+                                 f"{why(err)}") from None

@@ -13,7 +13,7 @@ import os
 import stat
 
 from ocirt import syscalls
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 from ocirt.linux import paths
 
 
@@ -113,7 +113,7 @@ def _make_node(root_fd: int, dev: DevicePlan) -> None:
             os.mknod(name, dev.type_bits | dev.file_mode, os.makedev(dev.major, dev.minor), dir_fd=parent)
         os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
     except OSError as err:
-        raise DeviceError(f"create device {dev.path}: {_why(err)}") from None
+        raise DeviceError(f"create device {dev.path}: {why(err)}") from None
     finally:
         os.close(parent)
 
@@ -122,7 +122,7 @@ def _bind_host_node(root_fd: int, dev: DevicePlan) -> None:
     try:
         host_fd = os.open(dev.path, syscalls.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        raise DeviceError(f"bind device {dev.path} from the host: {_why(err)}") from None
+        raise DeviceError(f"bind device {dev.path} from the host: {why(err)}") from None
     try:
         host = os.fstat(host_fd)
         if stat.S_IFMT(host.st_mode) != dev.type_bits or (
@@ -143,7 +143,7 @@ def _bind_host_node(root_fd: int, dev: DevicePlan) -> None:
         finally:
             os.close(target)
     except OSError as err:
-        raise DeviceError(f"bind device {dev.path} from the host: {_why(err)}") from None
+        raise DeviceError(f"bind device {dev.path} from the host: {why(err)}") from None
     finally:
         os.close(host_fd)
 
@@ -172,7 +172,7 @@ def create_dev_symlinks(root_fd: int, *, kcore: bool) -> None:
             except FileExistsError:
                 pass
             except OSError as err:
-                raise DeviceError(f"symlink /dev/{name}: {_why(err)}") from None
+                raise DeviceError(f"symlink /dev/{name}: {why(err)}") from None
         # /dev/ptmx must lead to this container's devpts instance, whatever was there.
         try:
             existing = os.stat("ptmx", dir_fd=dev_fd, follow_symlinks=False)
@@ -187,7 +187,7 @@ def create_dev_symlinks(root_fd: int, *, kcore: bool) -> None:
                 os.unlink("ptmx", dir_fd=dev_fd)
             os.symlink("pts/ptmx", "ptmx", dir_fd=dev_fd)
         except OSError as err:
-            raise DeviceError(f"symlink /dev/ptmx: {_why(err)}") from None
+            raise DeviceError(f"symlink /dev/ptmx: {why(err)}") from None
     finally:
         os.close(dev_fd)
 
@@ -207,7 +207,7 @@ def bind_console(root_fd: int, console: str | int) -> None:
         else:
             source = os.open(console, syscalls.O_PATH | os.O_CLOEXEC)
     except OSError as err:
-        raise DeviceError(f"bind console {console_path}: {_why(err)}") from None
+        raise DeviceError(f"bind console {console_path}: {why(err)}") from None
     try:
         if not stat.S_ISCHR(os.fstat(source).st_mode):
             raise DeviceError(f"bind console {console_path}: not a character device")
@@ -223,7 +223,7 @@ def bind_console(root_fd: int, console: str | int) -> None:
             finally:
                 os.close(tree)
         except OSError as err:
-            raise DeviceError(f"bind console on /dev/console: {_why(err)}") from None
+            raise DeviceError(f"bind console on /dev/console: {why(err)}") from None
         finally:
             os.close(target)
     finally:
@@ -249,8 +249,5 @@ def _console_target(dev_fd: int) -> int:
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise DeviceError("bind console: /dev/console is a symlink") from None
-        raise DeviceError(f"bind console: /dev/console: {_why(err)}") from None
+        raise DeviceError(f"bind console: /dev/console: {why(err)}") from None
 
-
-def _why(err: OSError) -> str:
-    return os.strerror(err.errno).lower() if err.errno else str(err)

@@ -13,7 +13,7 @@ import os
 
 from ocirt import syscalls as sc
 from ocirt.errors import NotRunning, OcirtError
-from ocirt.linux.init import Channel, Spawned, _run_child, finish_process
+from ocirt.linux.init import Channel, Spawned, _run_child, finish_process, kill_spawned
 
 PROC_NS = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("cgroup", "cgroup"),
            ("pid", "pid"), ("time", "time"), ("mount", "mnt"))
@@ -123,19 +123,7 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
         parent.expect("ready")
         return Spawned(pid, process_start_time(pid) or 0, console_master)
     except BaseException:
-        for victim in (intermediate, pid):
-            if victim:
-                try:
-                    os.kill(victim, 9)
-                except ProcessLookupError:
-                    pass
-        if intermediate:
-            os.waitpid(intermediate, 0)
-        elif pid:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        kill_spawned(intermediate, pid)
         raise
     finally:
         parent.close()

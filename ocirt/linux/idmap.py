@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ocirt.errors import OcirtError
+from ocirt.errors import OcirtError, why
 
 
 def _format(mappings: list[dict]) -> str:
@@ -53,7 +53,7 @@ def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> 
             _write(f"/proc/{pid}/gid_map", _format(gid_mappings))
             _write(f"/proc/{pid}/uid_map", _format(uid_mappings))
         except OSError as err:
-            raise OcirtError(f"cannot write the user namespace's id maps: {err.strerror.lower()}") from None
+            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}") from None
         return
     if is_own_single_map(uid_mappings, gid_mappings, euid, egid):
         try:
@@ -61,7 +61,7 @@ def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> 
             _write(f"/proc/{pid}/gid_map", _format(gid_mappings))
             _write(f"/proc/{pid}/uid_map", _format(uid_mappings))
         except OSError as err:
-            raise OcirtError(f"cannot write the user namespace's id maps: {err.strerror.lower()}") from None
+            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}") from None
         return
     _run_helper("newgidmap", pid, gid_mappings, "/etc/subgid")
     _run_helper("newuidmap", pid, uid_mappings, "/etc/subuid")

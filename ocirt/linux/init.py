@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from ocirt import syscalls as sc
-from ocirt.errors import ConfigError, InitError, OcirtError
+from ocirt.errors import ConfigError, InitError, OcirtError, why
 
 
 class Channel:
@@ -223,16 +223,7 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
         parent.expect("ready")
         return Spawned(init_pid, start_time or 0, console_master)
     except BaseException:
-        for pid in (intermediate, init_pid):
-            if pid:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-        if intermediate:
-            os.waitpid(intermediate, 0)
-        elif init_pid:
-            _reap_if_child(init_pid)
+        kill_spawned(intermediate, init_pid)
         raise
     finally:
         parent.close()
@@ -241,9 +232,20 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
             fd_pair[1].close()
 
 
-def _reap_if_child(pid: int) -> None:
+def kill_spawned(intermediate: int, pid: int) -> None:
+    """After a failed handshake: kill the intermediate (if still there) and the process it forked, and reap
+    what is ours to reap."""
+    for victim in (intermediate, pid):
+        if victim:
+            try:
+                os.kill(victim, 9)
+            except ProcessLookupError:
+                pass
     try:
-        os.waitpid(pid, 0)
+        if intermediate:
+            os.waitpid(intermediate, 0)
+        elif pid:
+            os.waitpid(pid, 0)
     except ChildProcessError:
         pass
 
@@ -324,7 +326,7 @@ def _write_time_offsets(offsets: dict) -> None:
     try:
         os.write(fd, lines.encode())
     except OSError as err:
-        raise OcirtError(f"cannot set time namespace offsets: {err.strerror.lower()}") from None
+        raise OcirtError(f"cannot set time namespace offsets: {why(err)}") from None
     finally:
         os.close(fd)
 
@@ -467,7 +469,7 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
     try:
         os.execve(executable, proc.args, _env_dict(proc.env))
     except OSError as err:
-        os.write(2, f'ocirt: exec: "{proc.args[0]}": {os.strerror(err.errno).lower()}\n'.encode())
+        os.write(2, f'ocirt: exec: "{proc.args[0]}": {why(err)}\n'.encode())
         os._exit(127 if err.errno == 2 else 126)
 
 
@@ -519,7 +521,7 @@ def _join_session_keyring(name: str) -> None:
     except OSError as err:
         # Kernels or seccomp profiles of the host may forbid keyrings; runc ignores ENOSYS and EACCES too.
         if err.errno not in (38, 13, 1):
-            raise OcirtError(f"cannot join a session keyring: {err.strerror.lower()}") from None
+            raise OcirtError(f"cannot join a session keyring: {why(err)}") from None
 
 
 def _seal_fds(preserve_fds: int) -> None:

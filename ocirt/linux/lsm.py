@@ -20,7 +20,7 @@ import errno
 import os
 
 from ocirt import syscalls
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 from ocirt.linux import procfs
 
 SELINUX_MAGIC = 0xF97CFF8C
@@ -125,7 +125,7 @@ def _write_attr(fd: int, data: str, failure: str, enoent: str | None = None) -> 
     try:
         written = os.write(fd, payload)
     except OSError as err:
-        reason = os.strerror(err.errno or 0).lower()
+        reason = why(err)
         if enoent and err.errno == errno.ENOENT:
             reason = enoent
         raise OcirtError(f"{failure}: {reason}") from None

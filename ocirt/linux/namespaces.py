@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ocirt import syscalls as sc
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 
 FLAGS = {
     "pid": sc.CLONE_NEWPID,
@@ -72,7 +72,7 @@ def open_join_fds(plan: NamespacePlan) -> list[tuple[str, int]]:
             try:
                 fds.append((ns_type, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
             except OSError as err:
-                raise OcirtError(f"cannot open {ns_type} namespace {path}: {err.strerror.lower()}") from None
+                raise OcirtError(f"cannot open {ns_type} namespace {path}: {why(err)}") from None
     return fds
 
 
@@ -80,7 +80,7 @@ def join(ns_type: str, fd: int) -> None:
     try:
         sc.setns(fd, FLAGS[ns_type])
     except OSError as err:
-        raise OcirtError(f"cannot join {ns_type} namespace: {os.strerror(err.errno).lower()}") from None
+        raise OcirtError(f"cannot join {ns_type} namespace: {why(err)}") from None
 
 
 def unshare(flags: int) -> None:
@@ -91,5 +91,5 @@ def unshare(flags: int) -> None:
     except OSError as err:
         names = [n for n, f in FLAGS.items() if f & flags]
         raise OcirtError(
-            f"cannot create namespaces ({', '.join(names)}): {os.strerror(err.errno).lower()}"
+            f"cannot create namespaces ({', '.join(names)}): {why(err)}"
         ) from None

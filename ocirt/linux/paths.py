@@ -15,7 +15,7 @@ import os
 import stat
 
 from ocirt import syscalls
-from ocirt.errors import OcirtError
+from ocirt.errors import OcirtError, why
 
 _IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 _BENEATH_NO_LINKS = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
@@ -64,7 +64,7 @@ def mkdir_all(root_fd: int, path: str, mode: int = 0o755) -> int:
             if err.errno == errno.ENOTDIR:
                 raise PathError(f"{target} inside the rootfs is not a directory") from None
             if err.errno != errno.ENOENT:
-                raise PathError(f"cannot open {target} inside the rootfs: {_why(err)}") from None
+                raise PathError(f"cannot open {target} inside the rootfs: {why(err)}") from None
         made, redirected = _walk_creating(root_fd, target, mode, final_file=False)
         if made is not None:
             return made
@@ -92,7 +92,7 @@ def _walk_creating(root_fd: int, target: str, mode: int, *, final_file: bool) ->
                 if err.errno == errno.ENOTDIR:
                     raise PathError(f"{walked} inside the rootfs is not a directory") from None
                 if err.errno != errno.ENOENT:
-                    raise PathError(f"cannot open {walked} inside the rootfs: {_why(err)}") from None
+                    raise PathError(f"cannot open {walked} inside the rootfs: {why(err)}") from None
                 link = _dangling_link(parent, name)
                 if link is not None:
                     base = os.path.dirname(walked) if not link.startswith("/") else ""
@@ -124,11 +124,11 @@ def _make_dir(parent_fd: int, name: str, mode: int, shown: str) -> int:
     except FileExistsError:
         pass  # raced with someone else: the reopen below refuses it unless it is a real directory
     except OSError as err:
-        raise PathError(f"cannot create {shown} inside the rootfs: {_why(err)}") from None
+        raise PathError(f"cannot create {shown} inside the rootfs: {why(err)}") from None
     try:
         return open_beneath(parent_fd, name, syscalls.O_PATH | os.O_DIRECTORY)
     except OSError as err:
-        raise PathError(f"cannot open {shown} inside the rootfs: {_why(err)}") from None
+        raise PathError(f"cannot open {shown} inside the rootfs: {why(err)}") from None
 
 
 def _make_file(parent_fd: int, name: str, mode: int, shown: str) -> int:
@@ -139,11 +139,11 @@ def _make_file(parent_fd: int, name: str, mode: int, shown: str) -> int:
     except FileExistsError:
         pass
     except OSError as err:
-        raise PathError(f"cannot create {shown} inside the rootfs: {_why(err)}") from None
+        raise PathError(f"cannot create {shown} inside the rootfs: {why(err)}") from None
     try:
         return open_beneath(parent_fd, name)
     except OSError as err:
-        raise PathError(f"cannot open {shown} inside the rootfs: {_why(err)}") from None
+        raise PathError(f"cannot open {shown} inside the rootfs: {why(err)}") from None
 
 
 def create_file(root_fd: int, path: str, mode: int = 0o644) -> int:
@@ -159,7 +159,7 @@ def create_file(root_fd: int, path: str, mode: int = 0o644) -> int:
             return open_in_root(root_fd, target)
         except OSError as err:
             if err.errno != errno.ENOENT:
-                raise PathError(f"cannot open {target} inside the rootfs: {_why(err)}") from None
+                raise PathError(f"cannot open {target} inside the rootfs: {why(err)}") from None
         made, redirected = _walk_creating(root_fd, target, mode, final_file=True)
         if made is not None:
             return made
@@ -178,7 +178,7 @@ def open_parent(root_fd: int, path: str, *, create: bool = True) -> tuple[int, s
     try:
         return open_in_root(root_fd, parent_path, syscalls.O_PATH | os.O_DIRECTORY), name
     except OSError as err:
-        raise PathError(f"cannot open {parent_path} inside the rootfs: {_why(err)}") from None
+        raise PathError(f"cannot open {parent_path} inside the rootfs: {why(err)}") from None
 
 
 def lstat_in_root(root_fd: int, path: str) -> os.stat_result | None:
@@ -199,9 +199,6 @@ def fd_path(fd: int) -> str:
     """The magic-link path through which mount(2) and friends reach the object ``fd`` refers to."""
     return f"/proc/self/fd/{fd}"
 
-
-def _why(err: OSError) -> str:
-    return os.strerror(err.errno).lower() if err.errno else str(err)
 
 
 # fd-based mounting: nothing below ever passes a path string that a symlink could redirect.

@@ -11,7 +11,7 @@ import os
 import resource
 
 from ocirt import syscalls as sc
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 
 # Linux's numbering (the resource module lacks several of these names).
 RLIMITS = {
@@ -187,7 +187,7 @@ def apply_rlimits(plan: ProcessPlan) -> None:
         try:
             resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as err:
-            reason = os.strerror(err.errno).lower() if isinstance(err, OSError) and err.errno else str(err)
+            reason = why(err) if isinstance(err, OSError) and err.errno else str(err)
             raise OcirtError(f"cannot set rlimit {name} to soft={soft} hard={hard}: {reason}") from None
 
 
@@ -196,23 +196,23 @@ def apply_scheduling(plan: ProcessPlan) -> None:
         try:
             sc.personality(plan.personality)
         except OSError as err:
-            raise OcirtError(f"cannot set personality: {err.strerror.lower()}") from None
+            raise OcirtError(f"cannot set personality: {why(err)}") from None
     if plan.scheduler is not None:
         try:
             sc.sched_setattr(0, plan.scheduler)
         except OSError as err:
-            raise OcirtError(f"cannot set scheduler: {os.strerror(err.errno).lower()}") from None
+            raise OcirtError(f"cannot set scheduler: {why(err)}") from None
     if plan.io_priority is not None:
         try:
             sc.ioprio_set(1, 0, plan.io_priority)
         except OSError as err:
-            raise OcirtError(f"cannot set I/O priority: {os.strerror(err.errno).lower()}") from None
+            raise OcirtError(f"cannot set I/O priority: {why(err)}") from None
     if plan.memory_policy is not None:
         mode, nodes = plan.memory_policy
         try:
             sc.set_mempolicy(mode, nodes, nodes.bit_length() + 1 if nodes else 0)
         except OSError as err:
-            raise OcirtError(f"cannot set memory policy: {os.strerror(err.errno).lower()}") from None
+            raise OcirtError(f"cannot set memory policy: {why(err)}") from None
 
 
 # -- identity -------------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def switch_user(plan: ProcessPlan, *, setgroups_allowed: bool) -> None:
         os.setresuid(plan.uid, plan.uid, plan.uid)
     except OSError as err:
         raise OcirtError(
-            f"cannot switch to uid {plan.uid} gid {plan.gid}: {os.strerror(err.errno).lower()}"
+            f"cannot switch to uid {plan.uid} gid {plan.gid}: {why(err)}"
         ) from None
     capabilities.apply(plan.capabilities)
     if plan.umask is not None:
@@ -254,7 +254,7 @@ def chdir_cwd(plan: ProcessPlan) -> None:
                             sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
         os.fchdir(cwd_fd)
     except OSError as err:
-        raise OcirtError(f"cannot change to cwd {plan.cwd}: {os.strerror(err.errno).lower()}") from None
+        raise OcirtError(f"cannot change to cwd {plan.cwd}: {why(err)}") from None
     finally:
         for fd in (cwd_fd, root_fd):
             if fd >= 0:

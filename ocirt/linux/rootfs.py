@@ -23,7 +23,7 @@ import os
 import stat
 
 from ocirt import syscalls
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 from ocirt.linux import devices, paths, procfs
 
 A = syscalls  # short alias for the flag constants below
@@ -394,14 +394,14 @@ def prepare_rootfs(plan: RootfsPlan, *, console_path: str | None = None) -> None
     try:
         plan.null_fd = paths.clone_tree(host_null, recursive=False)
     except OSError as err:
-        raise RootfsError(f"clone /dev/null: {_why(err)}") from None
+        raise RootfsError(f"clone /dev/null: {why(err)}") from None
     finally:
         os.close(host_null)
     try:
         syscalls.mount(None, "/", None, plan.root_propagation)
     except OSError as err:
         raise RootfsError(f"make / {'shared' if plan.root_propagation & A.MS_SHARED else 'slave'}: "
-                          f"{_why(err)}") from None
+                          f"{why(err)}") from None
     if plan.root_propagation & A.MS_SHARED:
         _unshare_rootfs_parents(plan.rootfs)
     plan.root_fd = _bind_rootfs(plan)
@@ -431,7 +431,7 @@ def open_ptmx(plan: RootfsPlan) -> int:
     try:
         fd = paths.open_in_root(plan.root_fd, "/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
     except OSError as err:
-        raise RootfsError(f"open /dev/pts/ptmx in the rootfs: {_why(err)}") from None
+        raise RootfsError(f"open /dev/pts/ptmx in the rootfs: {why(err)}") from None
     st = os.fstat(fd)
     if (not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(5, 2)
             or syscalls.fstatfs_type(fd) != _DEVPTS_SUPER_MAGIC):
@@ -462,7 +462,7 @@ def _bind_rootfs(plan: RootfsPlan) -> int:
     try:
         target = os.open(plan.rootfs, A.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
-        raise RootfsError(f"rootfs {plan.rootfs}: {_why(err)}") from None
+        raise RootfsError(f"rootfs {plan.rootfs}: {why(err)}") from None
     try:
         tree = paths.clone_tree(target, recursive=True)
         try:
@@ -474,7 +474,7 @@ def _bind_rootfs(plan: RootfsPlan) -> int:
             os.close(tree)
             raise
     except OSError as err:
-        raise RootfsError(f"bind rootfs {plan.rootfs} onto itself: {_why(err)}") from None
+        raise RootfsError(f"bind rootfs {plan.rootfs} onto itself: {why(err)}") from None
     finally:
         os.close(target)
     return tree
@@ -515,7 +515,7 @@ def _destination_fd(plan: RootfsPlan, mount: MountPlan, *, directory: bool | Non
             try:
                 directory = stat.S_ISDIR(os.stat(mount.source).st_mode)
             except OSError as err:
-                raise RootfsError(f"{mount.describe()}: source {mount.source}: {_why(err)}") from None
+                raise RootfsError(f"{mount.describe()}: source {mount.source}: {why(err)}") from None
     try:
         target = paths.mkdir_all(plan.root_fd, dest) if directory else paths.create_file(plan.root_fd, dest)
     except paths.PathError as err:
@@ -553,7 +553,7 @@ def _bind_tree(mount: MountPlan) -> int:
     try:
         tree = paths.clone_path(mount.source, recursive=mount.recursive)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: {why(err)}") from None
     try:
         if mount.uid_map is not None and mount.gid_map is not None:
             _idmap(mount, tree)
@@ -579,7 +579,7 @@ def _copy_up(mount: MountPlan, target: int, tree: int) -> None:
         if mount.readonly:
             paths.set_attrs(tree, attr_set=A.MOUNT_ATTR_RDONLY)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: tmpcopyup: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: tmpcopyup: {why(err)}") from None
 
 
 def _make_tree(mount: MountPlan, target: int, *, inherit_mode: bool = False, writable: bool = False) -> int:
@@ -606,7 +606,7 @@ def _new_filesystem(mount: MountPlan, fstype: str, source: str, data: list[str],
     except OSError as err:
         if err.errno == errno.ENODEV:
             raise RootfsError(f"{mount.describe()}: unknown filesystem type {fstype!r}") from None
-        raise RootfsError(f"{mount.describe()}: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: {why(err)}") from None
     try:
         step = "source"
         try:
@@ -627,7 +627,7 @@ def _new_filesystem(mount: MountPlan, fstype: str, source: str, data: list[str],
         except OSError as err:
             detail = _fs_log(fs_fd)
             option = f" (option {step!r})" if step else ""
-            raise RootfsError(f"{mount.describe()}: {_why(err)}{option}{detail}") from None
+            raise RootfsError(f"{mount.describe()}: {why(err)}{option}{detail}") from None
     finally:
         os.close(fs_fd)
 
@@ -664,7 +664,7 @@ def _set_mount_attrs(mount: MountPlan, tree: int, *, fresh: bool) -> None:
                 attr_set |= mount.ratime
             paths.set_attrs(tree, attr_set=attr_set, attr_clr=attr_clr, recursive=True)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: set mount attributes: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: set mount attributes: {why(err)}") from None
 
 
 def _attach_tree(mount: MountPlan, tree: int, target: int) -> None:
@@ -673,12 +673,12 @@ def _attach_tree(mount: MountPlan, tree: int, target: int) -> None:
     try:
         paths.attach(tree, target)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: {why(err)}") from None
     try:
         for propagation, recursive in mount.propagation:
             paths.set_attrs(tree, propagation=propagation, recursive=recursive)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: set propagation: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: set propagation: {why(err)}") from None
     expected = _VERIFIED_MAGIC.get(mount.fstype)
     if mount.bind and mount.destination == "/proc":
         expected = A.PROC_SUPER_MAGIC  # only a procfs may stand in for /proc (runc's rule too)
@@ -693,13 +693,13 @@ def _remount(plan: RootfsPlan, mount: MountPlan) -> None:
     try:
         target = paths.open_in_root(plan.root_fd, mount.destination)
     except OSError as err:
-        raise RootfsError(f"remount {mount.destination}: {_why(err)}") from None
+        raise RootfsError(f"remount {mount.destination}: {why(err)}") from None
     try:
         _set_mount_attrs(mount, target, fresh=False)
         for propagation, recursive in mount.propagation:
             paths.set_attrs(target, propagation=propagation, recursive=recursive)
     except OSError as err:
-        raise RootfsError(f"remount {mount.destination}: {_why(err)}") from None
+        raise RootfsError(f"remount {mount.destination}: {why(err)}") from None
     finally:
         os.close(target)
 
@@ -712,13 +712,13 @@ def _idmap(mount: MountPlan, tree: int) -> None:
         userns = _userns_with_maps(mount.uid_map, mount.gid_map)
     except OSError as err:
         raise RootfsError(f"{mount.describe()}: create the user namespace of the idmapped mount: "
-                          f"{_why(err)}") from None
+                          f"{why(err)}") from None
     except procfs.ProcfsError as err:
         raise RootfsError(f"{mount.describe()}: create the user namespace of the idmapped mount: {err}") from None
     try:
         paths.set_attrs(tree, attr_set=A.MOUNT_ATTR_IDMAP, userns_fd=userns, recursive=mount.idmap_recursive)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: idmap: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: idmap: {why(err)}") from None
     finally:
         os.close(userns)
 
@@ -780,7 +780,7 @@ def _mount_cgroup(plan: RootfsPlan, mount: MountPlan) -> None:
         finally:
             os.close(tmpfs)
     except OSError as err:
-        raise RootfsError(f"{mount.describe()}: {_why(err)}") from None
+        raise RootfsError(f"{mount.describe()}: {why(err)}") from None
     finally:
         os.close(target)
 
@@ -896,7 +896,7 @@ def _pivot_root(plan: RootfsPlan) -> None:
         syscalls.umount2(".", A.MNT_DETACH)
         os.chdir("/")
     except OSError as err:
-        raise RootfsError(f"pivot_root into {plan.rootfs}: {_why(err)}") from None
+        raise RootfsError(f"pivot_root into {plan.rootfs}: {why(err)}") from None
     finally:
         os.close(old_root)
 
@@ -908,7 +908,7 @@ def _move_root(plan: RootfsPlan) -> None:
         os.chroot(".")
         os.chdir("/")
     except OSError as err:
-        raise RootfsError(f"move the rootfs {plan.rootfs} to /: {_why(err)}") from None
+        raise RootfsError(f"move the rootfs {plan.rootfs} to /: {why(err)}") from None
 
 
 def finish_rootfs(plan: RootfsPlan) -> None:
@@ -922,13 +922,13 @@ def finish_rootfs(plan: RootfsPlan) -> None:
             try:
                 paths.set_attrs(root, attr_set=A.MOUNT_ATTR_RDONLY)
             except OSError as err:
-                raise RootfsError(f"make the rootfs read-only: {_why(err)}") from None
+                raise RootfsError(f"make the rootfs read-only: {why(err)}") from None
         if plan.rootfs_propagation is not None:
             propagation, recursive = plan.rootfs_propagation
             try:
                 paths.set_attrs(root, propagation=propagation, recursive=recursive)
             except OSError as err:
-                raise RootfsError(f"set rootfs propagation: {_why(err)}") from None
+                raise RootfsError(f"set rootfs propagation: {why(err)}") from None
     finally:
         os.close(root)
         for fd in (plan.root_fd, plan.null_fd):
@@ -942,7 +942,7 @@ def _open_null_device(path: str, opener) -> int:
     try:
         fd = opener(path, A.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        raise RootfsError(f"open {path}: {_why(err)}") from None
+        raise RootfsError(f"open {path}: {why(err)}") from None
     st = os.fstat(fd)
     if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
         os.close(fd)
@@ -956,7 +956,7 @@ def _mask(root: int, path: str, null_fd: int) -> None:
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             return
-        raise RootfsError(f"mask {path}: {_why(err)}") from None
+        raise RootfsError(f"mask {path}: {why(err)}") from None
     try:
         if stat.S_ISDIR(os.fstat(target).st_mode):
             mask_plan = MountPlan(path, "tmpfs", "tmpfs")
@@ -970,7 +970,7 @@ def _mask(root: int, path: str, null_fd: int) -> None:
         finally:
             os.close(tree)
     except OSError as err:
-        raise RootfsError(f"mask {path}: {_why(err)}") from None
+        raise RootfsError(f"mask {path}: {why(err)}") from None
     finally:
         os.close(target)
 
@@ -996,7 +996,7 @@ def _make_readonly(root: int, path: str) -> None:
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             return
-        raise RootfsError(f"make {path} read-only: {_why(err)}") from None
+        raise RootfsError(f"make {path} read-only: {why(err)}") from None
     try:
         tree = paths.clone_tree(target, recursive=True)
         try:
@@ -1005,10 +1005,7 @@ def _make_readonly(root: int, path: str) -> None:
         finally:
             os.close(tree)
     except OSError as err:
-        raise RootfsError(f"make {path} read-only: {_why(err)}") from None
+        raise RootfsError(f"make {path} read-only: {why(err)}") from None
     finally:
         os.close(target)
 
-
-def _why(err: OSError) -> str:
-    return os.strerror(err.errno).lower() if err.errno else str(err)

@@ -21,7 +21,7 @@ import ctypes
 import os
 
 from ocirt import log, syscalls
-from ocirt.errors import ConfigError, OcirtError
+from ocirt.errors import ConfigError, OcirtError, why
 
 SECCOMP_SET_MODE_FILTER = 1
 
@@ -417,7 +417,7 @@ def install_filter(compiled: CompiledFilter) -> int | None:
                                   ctypes.c_void_p(ctypes.addressof(fprog)))
     except OSError as err:
         raise OcirtError(f"cannot load the seccomp filter (flags {compiled.flags:#x}): "
-                         f"{os.strerror(err.errno or 0).lower()}") from None
+                         f"{why(err)}") from None
     return result if compiled.uses_notify else None
 
 

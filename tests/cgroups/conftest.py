@@ -15,7 +15,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,16 @@ REPO = str(Path(__file__).resolve().parents[2])
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import functools  # noqa: E402
+
+import helpers  # noqa: E402
+
 from ocirt import cgroups  # noqa: E402
 from ocirt.cgroups import fs  # noqa: E402
 from ocirt.errors import CgroupError  # noqa: E402
+
+# cgroup state changes within a few ms: poll finer than the suite's default.
+wait_for = functools.partial(helpers.wait_for, interval=0.01)
 
 PREFIX = "ocirt-test-cgroups-"
 
@@ -136,15 +142,6 @@ def spawn() -> Iterator:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @dataclass

@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
+from helpers import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="rootful bad-input checks need root")
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def one_line_error(result, *fragments: str) -> str:

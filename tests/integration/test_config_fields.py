@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import helpers
 import pytest
 
+wait_for = helpers.wait_for
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="rootful config fields need root")
 
 NAMESPACE_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
                    "cgroup": "cgroup", "user": "user", "time": "time"}
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def ns_inode(pid: int | str, kind: str) -> str:

@@ -9,6 +9,7 @@ differently before and after a command.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import helpers
 import pytest
+
+wait_for = functools.partial(helpers.wait_for, timeout=10.0)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates containers with cgroups and test users")
 
@@ -40,15 +43,6 @@ FORKS = "( i=0; while [ $i -lt 6 ]; do sleep 1 & i=$((i+1)); done; wait ) 2>/dev
 
 def loop_args(action: str = "true") -> list[str]:
     return ["sh", "-c", LOOP.replace("ACTION", action)]
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 class Loop:

@@ -14,14 +14,7 @@ from pathlib import Path
 import helpers
 import pytest
 
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+wait_for = helpers.wait_for
 
 
 @pytest.fixture(params=["root", "rootless"])

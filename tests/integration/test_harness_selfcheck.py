@@ -8,28 +8,13 @@ import os
 import pwd
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import helpers
 import pytest
 
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+wait_for = helpers.wait_for
+pid_alive = helpers.pid_alive
 
 
 def test_bundle_runs_in_foreground_with_its_own_pid_and_uts_namespaces(make_bundle):

@@ -10,21 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="rootful hooks need root")
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 # Where each kind runs: the container's own files (after pivot_root) only for startContainer.
 IN_CONTAINER_LOG = "/hooklog"
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def recording_hook(kind: str, log_dir: Path, *, extra: str = "") -> dict:

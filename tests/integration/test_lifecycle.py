@@ -15,24 +15,10 @@ from pathlib import Path
 import helpers
 import pytest
 
+wait_for = helpers.wait_for
+pid_alive = helpers.pid_alive
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the rootful lifecycle needs root")
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def status_of(bundle) -> str:

@@ -23,16 +23,9 @@ from pathlib import Path
 import helpers
 import pytest
 
+wait_for = helpers.wait_for
+
 PTMX = os.makedev(5, 2)
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture(params=["root", "rootless"])

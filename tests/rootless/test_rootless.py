@@ -28,6 +28,9 @@ from pathlib import Path
 import helpers
 import pytest
 
+wait_for = helpers.wait_for
+pid_alive = helpers.pid_alive
+
 pytestmark = [
     pytest.mark.rootless,
     pytest.mark.skipif(os.geteuid() != 0, reason="creates users and delegates cgroups: needs root"),
@@ -39,15 +42,6 @@ DELEGATE_COMMAND = "ocirt cgroup delegate"
 
 
 # ---- small helpers -----------------------------------------------------------------------------------
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
 
 def host_ids(pid: int) -> tuple[int, int]:
     """The real uid and gid the host sees for ``pid``."""
@@ -65,14 +59,6 @@ def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def ocirt_admin(*args: str) -> subprocess.CompletedProcess[str]:
