@@ -49,10 +49,34 @@ def load_config(bundle: str) -> dict:
         raise ConfigError(f"{path}: malformed JSON: {err}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
+    if b"\\u0000" in raw:
+        where = _nul_byte_at(config)
+        if where:
+            raise ConfigError(f"{where}: contains a NUL byte")
     from ocirt.spec.validate import check_config
 
     check_config(config)
     return config
+
+
+def _nul_byte_at(config: dict) -> str | None:
+    """The JSON path of the first string holding a NUL byte, annotations aside: paths, names and values
+    reach the kernel as C strings, which a NUL would silently cut short (or Python refuses mid-init)."""
+    pending: list[tuple[str, object]] = [("$", config)]
+    while pending:
+        where, node = pending.pop()
+        if isinstance(node, str):
+            if "\0" in node:
+                return where
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if "\0" in key:
+                    return where
+                if where != "$" or key != "annotations":
+                    pending.append((f"{where}.{key}", value))
+        elif isinstance(node, list):
+            pending.extend((f"{where}[{i}]", item) for i, item in enumerate(node))
+    return None
 
 
 def _rootfs_path(config: dict, bundle: str) -> str:

@@ -48,6 +48,10 @@ class ProcessPlan:
             raise ConfigError("$.process.args: the process needs at least one argument")
         self.env: list[str] = list(process.get("env") or [])
         self.cwd: str = process.get("cwd") or "/"
+        # execve refuses a NUL byte only at the very end, after `start`, where no error can reach anyone.
+        for what, texts in (("args", self.args), ("env", self.env), ("cwd", [self.cwd])):
+            if any("\0" in str(text) for text in texts):
+                raise ConfigError(f"$.process.{what}: contains a NUL byte")
         if not self.cwd.startswith("/"):
             raise ConfigError(f"$.process.cwd: {self.cwd!r} is not an absolute path")
         self.terminal = bool(process.get("terminal"))

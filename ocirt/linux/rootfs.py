@@ -279,6 +279,11 @@ def _plan_mount(entry: dict, index: int, bundle: str,
     destination = entry.get("destination")
     if not destination:
         raise ConfigError(f"mounts[{index}]: destination is required")
+    # The kernel sees C strings: a NUL byte would cut a path short, and Python refuses it mid-init.
+    for field, text in (("destination", destination), ("source", entry.get("source") or ""),
+                        *(("options", o) for o in entry.get("options") or [])):
+        if "\0" in str(text):
+            raise ConfigError(f"mounts[{index}].{field}: contains a NUL byte")
     dest = paths.clean(destination)
     fstype = entry.get("type") or ""
     source = entry.get("source") or ""

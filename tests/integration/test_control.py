@@ -9,7 +9,6 @@ differently before and after a command.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -19,7 +18,11 @@ from pathlib import Path
 import helpers
 import pytest
 
-wait_for = functools.partial(helpers.wait_for, timeout=10.0)
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """The suite's wait_for with a longer default: cgroup effects here can take a few seconds."""
+    return helpers.wait_for(predicate, timeout, interval)
+
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates containers with cgroups and test users")
 
