@@ -113,9 +113,11 @@ def docker(engines_base: Path, docker_archive: Path, containerd: eh.Containerd) 
 @pytest.fixture(scope="session")
 def containerd_cri(engines_base: Path, podman: eh.Podman) -> Iterator[eh.ContainerdCRI]:
     require("containerd")
-    try:
-        import grpc  # noqa: F401
-    except ImportError:
+    # Only looked up, never imported here: grpc's threads and fork handlers would follow every process
+    # the rest of the suite forks (see ContainerdCRI.call).
+    import importlib.util
+
+    if importlib.util.find_spec("grpc") is None:
         pytest.skip("the CRI test speaks gRPC: install python3-grpcio (scripts/engines-setup does)")
     archive = engines_base / "pause.docker-archive.tar"
     podman("import", "--change", 'CMD ["/bin/sleep", "2147483647"]', "--change", eh.IMAGE_PATH_ENV, str(engines_base / "rootfs.tar"),

@@ -25,6 +25,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tarfile
 import tempfile
 import termios
@@ -548,6 +549,15 @@ CRI_NAMESPACE_NODE = 2
 CRI_NAMESPACE_CONTAINER = 1
 
 
+_GRPC_UNARY_CALL = """
+import sys
+import grpc
+socket, method, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with grpc.insecure_channel("unix://" + socket) as channel:
+    sys.stdout.buffer.write(channel.unary_unary(method)(sys.stdin.buffer.read(), timeout=timeout))
+"""
+
+
 class ContainerdCRI:
     """A second containerd with the CRI plugin on, and the runtime under test registered as the runtime
     handler ``ocirt`` through ``options.BinaryName``: the configuration a Kubernetes RuntimeClass with
@@ -599,17 +609,24 @@ state = "{self.base}/state"
         self.env = engine_env()
         self.daemon = Daemon("containerd (CRI)", ["containerd", "--config", str(config)],
                              self.base / "containerd.log", self.socket, self.env)
-        import grpc
-
-        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
 
     def ctr(self, *args: str, check: bool = True) -> Result:
         return run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args], env=self.env,
                    check=check)
 
     def call(self, method: str, request: bytes, timeout: float = 60) -> bytes:
-        rpc = self.channel.unary_unary(f"/runtime.v1.RuntimeService/{method}")
-        return rpc(request, timeout=timeout)
+        # In a child process: grpc starts threads in whoever imports it, and its fork handlers leave them
+        # running in every process forked afterwards. The suite's forked children would then be
+        # multi-threaded: unshare(CLONE_NEWUSER) fails with EINVAL and a seccomp kill of one thread leaves
+        # the process alive.
+        result = subprocess.run(
+            [sys.executable, "-c", _GRPC_UNARY_CALL, str(self.socket), f"/runtime.v1.RuntimeService/{method}",
+             str(timeout)],
+            input=request, capture_output=True, timeout=timeout + 30,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"CRI {method} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+        return result.stdout
 
     def run_pod_sandbox(self, name: str, handler: str) -> str:
         metadata = message(protobuf_field(1, name), protobuf_field(2, name), protobuf_field(3, "default"))
@@ -626,7 +643,6 @@ state = "{self.base}/state"
         self.call("RemovePodSandbox", protobuf_field(1, sandbox))
 
     def close(self) -> list[str]:
-        self.channel.close()
         self.ctr("images", "remove", self.SANDBOX_IMAGE, check=False)
         self.daemon.stop()
         return []
