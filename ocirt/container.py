@@ -133,8 +133,12 @@ def create(opts: CreateOptions):
 
         cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
                                       resources=_with_default_device_rules(linux))
+        # Rootless, skipping an undelegated controller is the expected case: a notice in the log.
         for notice in cgroup.notices:
-            log.info(notice) if opts.rootless else log.warning(notice)
+            if opts.rootless:
+                log.info(notice)
+            else:
+                log.warning(notice)
         from ocirt.linux.rootfs import plan_rootfs
 
         rootfs_plan = plan_rootfs(config, opts.bundle, rootless=opts.rootless, no_pivot=opts.no_pivot,
@@ -174,7 +178,7 @@ def create(opts: CreateOptions):
                         no_new_keyring=opts.no_new_keyring, relay_console=opts.relay_console)
         plan.hook_state = _hook_state(container)
         plan.close_in_child.append(container.lock_fd)
-        _preload_for_init(config, plan)
+        _preload_for_init(plan)
 
         runtime_hook_kinds = [k for k in ("prestart", "createRuntime") if (config.get("hooks") or {}).get(k)]
 
@@ -298,7 +302,7 @@ def saved_config(container: Container) -> dict:
         return loads(f.read())  # type: ignore[return-value]
 
 
-def _preload_for_init(config: dict, plan) -> None:
+def _preload_for_init(plan) -> None:
     """Import now what the init needs after pivot_root, where imports no longer work."""
     import ocirt.linux.process  # noqa: F401
     import ocirt.linux.rootfs  # noqa: F401
