@@ -13,7 +13,16 @@ import os
 
 from ocirt import syscalls as sc
 from ocirt.errors import NotRunning, OcirtError
-from ocirt.linux.init import Channel, Spawned, _run_child, finish_process, kill_spawned
+from ocirt.linux.init import (
+    Channel,
+    Spawned,
+    _run_child,
+    finish_process,
+    forward_notify_fd,
+    kill_spawned,
+    notify_listener,
+    receive_console,
+)
 
 PROC_NS = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("cgroup", "cgroup"),
            ("pid", "pid"), ("time", "time"), ("mount", "mnt"))
@@ -67,7 +76,7 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
         raise NotRunning()
     parent, child = Channel.pair()
     fd_pair = None
-    listener = bool(plan.seccomp is not None and getattr(plan.seccomp, "uses_notify", False))
+    listener = bool(notify_listener(plan.seccomp))
     if plan.relay_console or listener:
         import _socket
 
@@ -103,23 +112,9 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
         parent.send("run")
         console_master = None
         if plan.relay_console and fd_pair is not None:
-            from ocirt import console
-
-            parent.expect("console")
-            console_master = console.recv_fd(fd_pair[0])
-            console.copy_window_size(0, console_master)
+            console_master = receive_console(parent, fd_pair)
         if listener and fd_pair is not None:
-            from ocirt import console
-            from ocirt.linux import seccomp as seccomp_mod
-
-            parent.expect("seccomp")
-            notify_fd = console.recv_fd(fd_pair[0])
-            try:
-                seccomp_mod.send_listener_fd(plan.seccomp.listener_path, notify_fd,
-                                             plan.listener_state or {"pid": pid},
-                                             plan.seccomp.listener_metadata, pid=pid)
-            finally:
-                os.close(notify_fd)
+            forward_notify_fd(parent, fd_pair, plan.seccomp, plan.listener_state or {"pid": pid}, pid)
         parent.expect("ready")
         return Spawned(pid, process_start_time(pid) or 0, console_master)
     except BaseException:
@@ -181,7 +176,7 @@ def _exec_process(plan: ExecPlan, channel: Channel, fd_pair, console_sock) -> No
     finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
                    preserve_fds=plan.preserve_fds,
-                   listener=bool(getattr(plan.seccomp, "listener_path", None)), keyring=None)
+                   listener=bool(notify_listener(plan.seccomp)), keyring=None)
 
 
 def _open_container_ptmx() -> int:

@@ -158,7 +158,7 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
 
     parent, child = Channel.pair()
     fd_pair = None
-    if plan.relay_console or _listener_path(plan):
+    if plan.relay_console or notify_listener(plan.seccomp):
         import _socket
 
         fd_pair = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
@@ -198,28 +198,14 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
         parent.send("run", str(init_pid))
         console_master = None
         if plan.relay_console and fd_pair is not None:
-            from ocirt import console
-
-            parent.expect("console")
-            console_master = console.recv_fd(fd_pair[0])
             # Before the process starts, so its first look at the terminal sees the caller's size.
-            console.copy_window_size(0, console_master)
+            console_master = receive_console(parent, fd_pair)
         parent.expect("hooks")
         run_runtime_hooks(init_pid)
         parent.send("ok")
-        listener = _listener_path(plan)
-        if listener and fd_pair is not None:
-            from ocirt import console
-            from ocirt.linux import seccomp as seccomp_mod
-
-            parent.expect("seccomp")
-            notify_fd = console.recv_fd(fd_pair[0])
-            state = dict(plan.hook_state, pid=init_pid, status="creating")
-            try:
-                seccomp_mod.send_listener_fd(listener, notify_fd, state,
-                                             plan.config["linux"]["seccomp"].get("listenerMetadata", ""))
-            finally:
-                os.close(notify_fd)
+        if notify_listener(plan.seccomp) and fd_pair is not None:
+            forward_notify_fd(parent, fd_pair, plan.seccomp,
+                              dict(plan.hook_state, pid=init_pid, status="creating"), init_pid)
         parent.expect("ready")
         return Spawned(init_pid, start_time or 0, console_master)
     except BaseException:
@@ -250,9 +236,33 @@ def kill_spawned(intermediate: int, pid: int) -> None:
         pass
 
 
-def _listener_path(plan: InitPlan) -> str | None:
-    seccomp = (plan.config.get("linux") or {}).get("seccomp") or {}
-    return seccomp.get("listenerPath") or None
+def notify_listener(compiled) -> str | None:
+    """Where a seccomp notify fd goes; only a filter with SCMP_ACT_NOTIFY rules makes one to send."""
+    return compiled.listener_path if compiled is not None and compiled.uses_notify else None
+
+
+def receive_console(parent: Channel, fd_pair) -> int:
+    """The pty master from the container side, sized like the caller's terminal before the process starts."""
+    from ocirt import console
+
+    parent.expect("console")
+    master = console.recv_fd(fd_pair[0])
+    console.copy_window_size(0, master)
+    return master
+
+
+def forward_notify_fd(parent: Channel, fd_pair, compiled, state: dict, pid: int) -> None:
+    """Pass the seccomp notify fd the container side installed on to the agent at listenerPath."""
+    from ocirt import console
+    from ocirt.linux import seccomp as seccomp_mod
+
+    parent.expect("seccomp")
+    notify_fd = console.recv_fd(fd_pair[0])
+    try:
+        seccomp_mod.send_listener_fd(compiled.listener_path, notify_fd, state, compiled.listener_metadata,
+                                     pid=pid)
+    finally:
+        os.close(notify_fd)
 
 
 def _run_child(body, channel: Channel) -> None:
@@ -410,7 +420,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
 
     finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
-                   preserve_fds=plan.preserve_fds, listener=bool(_listener_path(plan)),
+                   preserve_fds=plan.preserve_fds, listener=bool(notify_listener(plan.seccomp)),
                    keyring=None if plan.no_new_keyring else f"_ses.{plan.container_id}",
                    after_ready=wait_for_start)
 

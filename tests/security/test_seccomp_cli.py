@@ -46,6 +46,19 @@ def test_a_profile_blocking_mkdir_with_eperm(make_bundle, user):
     assert_nothing_left(bundle)
 
 
+def test_a_listener_path_without_notify_rules_is_not_waited_for(make_bundle, user, test_dir):
+    """listenerPath alone makes no notify fd: create must not wait for one (it used to fail with
+    "unexpected message 'ready'")."""
+    bundle = make_bundle(user=user, args=["sh", "-c", MKDIR_PROBE])
+    writable_tmp(bundle.config)
+    bundle.config["linux"]["seccomp"] = dict(profile("SCMP_ACT_ERRNO", errnoRet=errno.EPERM),
+                                             listenerPath=str(test_dir / "nobody-listens.sock"))
+    result = bundle.run()
+    assert result.returncode == 0, result.stderr
+    assert "status=1" in result.stdout and "exists" not in result.stdout, result.stdout
+    assert_nothing_left(bundle)
+
+
 def test_without_the_profile_mkdir_works(make_bundle, user):
     """The control: the probe does create the directory when nothing blocks it."""
     bundle = make_bundle(user=user, args=["sh", "-c", MKDIR_PROBE])
