@@ -240,7 +240,7 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
         steps_v2 = v2.plan(resources, notices)
         assert table.v2 is not None
         directory = resolver.directory(table.v2, UNIFIED)
-        if directory is None or (rootless and not v2.writable(directory)):
+        if directory is None or (rootless and not fs.writable(directory, ancestor_procs=True)):
             needed = sorted(v2.controllers_needed(steps_v2))
             if needed:
                 raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
@@ -260,7 +260,7 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
             notices.append(DEVICES_ROOTLESS_NOTICE)
             continue
         directory = resolver.directory(mount, controller)
-        if directory is not None and (not rootless or v1.writable(directory)):
+        if directory is not None and (not rootless or fs.writable(directory, ancestor_procs=False)):
             paths[controller] = directory
         elif controller in needed_v1:
             raise CgroupError(f"cannot apply {controller} limits: the {controller} cgroup is not delegated to "
@@ -283,7 +283,7 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
         # it needs write access to the common ancestor, which an unprivileged user rarely has.
         if not rootless or steps_v2:
             directory = resolver.directory(table.v2, UNIFIED)
-            if directory is None or (rootless and not v2.writable(directory)):
+            if directory is None or (rootless and not fs.writable(directory, ancestor_procs=True)):
                 needed = sorted(v2.controllers_needed(steps_v2)) or ["unified"]
                 raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
                                   f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")

@@ -15,7 +15,7 @@ import posixpath
 import stat
 
 from ocirt.cgroups import detect_mode, fs, mounts, v1, v2
-from ocirt.errors import CgroupError
+from ocirt.errors import CgroupError, why
 
 DEFAULT_CONTROLLERS = ("memory", "blkio", "cpu", "pids")
 _V1_OWNED_FILES = ("cgroup.procs", "tasks")
@@ -116,7 +116,7 @@ def delegate(user: str, controllers: list[str] | None = None, path: str | None =
             directories.append(directory)
     except OSError as err:
         _rollback(created)
-        raise CgroupError(f"cannot delegate {relative} to {user}: {fs.describe_errno(err.errno)}") from None
+        raise CgroupError(f"cannot delegate {relative} to {user}: {why(err)}") from None
     except BaseException:
         _rollback(created)
         raise

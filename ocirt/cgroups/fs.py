@@ -10,13 +10,7 @@ import errno
 import os
 import time
 
-from ocirt.errors import CgroupError
-
-
-def describe_errno(code: int | None) -> str:
-    if code is None:
-        return "unknown error"
-    return os.strerror(code).lower()
+from ocirt.errors import CgroupError, why
 
 
 def write(directory: str, name: str, value: str) -> None:
@@ -26,11 +20,11 @@ def write(directory: str, name: str, value: str) -> None:
     except OSError as err:
         if err.errno == errno.ENOENT and os.path.isdir(directory):
             raise CgroupError(f"cannot set {name} to {value}: the kernel offers no {name} in {directory}") from None
-        raise CgroupError(f"cannot set {name} to {value}: {describe_errno(err.errno)}") from None
+        raise CgroupError(f"cannot set {name} to {value}: {why(err)}") from None
     try:
         os.write(fd, value.encode())
     except OSError as err:
-        raise CgroupError(f"cannot set {name} to {value}: {describe_errno(err.errno)}") from None
+        raise CgroupError(f"cannot set {name} to {value}: {why(err)}") from None
     finally:
         os.close(fd)
 
@@ -93,7 +87,7 @@ def make_dirs(path: str, created: list[str], on_new_dir=None) -> None:
         except FileExistsError:
             continue
         except OSError as err:
-            raise CgroupError(f"cannot create cgroup {directory}: {describe_errno(err.errno)}") from None
+            raise CgroupError(f"cannot create cgroup {directory}: {why(err)}") from None
         created.append(directory)
         if on_new_dir is not None:
             on_new_dir(directory)
@@ -160,4 +154,22 @@ def remove_tree(directory: str, timeout: float = 2.0) -> None:
                     continue
                 pids = procs_in(current)
                 detail = f" (processes still inside: {' '.join(map(str, pids[:10]))})" if pids else ""
-                raise CgroupError(f"cannot remove cgroup {current}: {describe_errno(err.errno)}{detail}") from None
+                raise CgroupError(f"cannot remove cgroup {current}: {why(err)}{detail}") from None
+
+
+def writable(directory: str, *, ancestor_procs: bool) -> bool:
+    """Whether the caller may create this cgroup (or already owns it) and move tasks into it.
+
+    ``ancestor_procs``: the nearest existing ancestor's cgroup.procs must be writable too (cgroup v2, where
+    a migration needs write access to the common ancestor's procs file).
+    """
+    probe = directory
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
+    if probe == directory:
+        return os.access(os.path.join(directory, "cgroup.procs"), os.W_OK)
+    return os.access(probe, os.W_OK | os.X_OK) and (
+        not ancestor_procs or os.access(os.path.join(probe, "cgroup.procs"), os.W_OK))

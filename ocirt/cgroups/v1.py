@@ -6,7 +6,7 @@ import os
 import time
 
 from ocirt.cgroups import fs
-from ocirt.errors import CgroupError
+from ocirt.errors import CgroupError, why
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def oom_eventfd(memory_dir: str) -> int:
             os.close(control_fd)
     except OSError as err:
         os.close(event_fd)
-        raise CgroupError(f"cannot watch {memory_dir}/memory.oom_control: {fs.describe_errno(err.errno)}") from None
+        raise CgroupError(f"cannot watch {memory_dir}/memory.oom_control: {why(err)}") from None
     except CgroupError:
         os.close(event_fd)
         raise
@@ -368,18 +368,3 @@ def stats(paths: dict[str, str]) -> dict:
                                  "failcnt": fs.read_int(hugetlb_dir, f"hugetlb.{size}.failcnt")}
     data["hugetlb"] = hugetlb
     return data
-
-
-def writable(directory: str) -> bool:
-    """Whether the caller may create this cgroup (or already owns it) and move tasks into it."""
-    probe = directory
-    while not os.path.isdir(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return False
-        probe = parent
-    if probe == directory:
-        return os.access(os.path.join(directory, "cgroup.procs"), os.W_OK)
-    return os.access(probe, os.W_OK | os.X_OK)
-
-

@@ -279,15 +279,3 @@ def stats(directory: str) -> dict:
     data["blkio"] = blkio
     data["hugetlb"] = hugetlb_stats(directory)
     return data
-
-
-def writable(directory: str) -> bool:
-    probe = directory
-    while not os.path.isdir(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return False
-        probe = parent
-    if probe == directory:
-        return os.access(os.path.join(directory, "cgroup.procs"), os.W_OK)
-    return os.access(probe, os.W_OK | os.X_OK) and os.access(os.path.join(probe, "cgroup.procs"), os.W_OK)
