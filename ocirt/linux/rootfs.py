@@ -130,6 +130,12 @@ class MountPlan(_Plain):
     def readonly(self) -> bool:
         return bool(self.attr_set & A.MOUNT_ATTR_RDONLY)
 
+    @property
+    def readonly_later(self) -> bool:
+        """Read-only only once the whole rootfs is set up: mountpoints of later mounts, device nodes,
+        /dev/console and createContainer hooks still write below a /dev or a tmpfs (runc's order too)."""
+        return self.readonly and (self.destination == "/dev" or (self.fstype == "tmpfs" and not self.bind))
+
     def describe(self) -> str:
         return f"mount {self.source if self.bind else self.fstype} on {self.destination}"
 
@@ -137,7 +143,7 @@ class MountPlan(_Plain):
 class RootfsPlan(_Plain):
     __slots__ = ("rootfs", "readonly", "mounts", "masked_paths", "readonly_paths", "devices", "setup_dev",
                  "userns", "rootless", "no_pivot", "root_propagation", "rootfs_propagation", "kcore",
-                 "root_fd", "null_fd")
+                 "new_userns_maps", "root_fd", "null_fd", "readonly_later")
 
     def __init__(self, *, rootfs: str, readonly: bool, mounts: list[MountPlan], masked_paths: list[str],
                  readonly_paths: list[str], devices: list[devices.DevicePlan], setup_dev: bool, userns: bool,
@@ -158,9 +164,12 @@ class RootfsPlan(_Plain):
         # linux.rootfsPropagation, applied at the end
         self.rootfs_propagation = rootfs_propagation
         self.kcore = kcore
+        # (uidMappings, gidMappings) of the user namespace this container creates, when it creates one
+        self.new_userns_maps: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]] | None = None
         # filled in by prepare_rootfs, in the init
         self.root_fd = -1
         self.null_fd = -1
+        self.readonly_later: list[tuple[int, str]] = []  # (mount fd, destination) finish_rootfs makes ro
 
     @property
     def root(self) -> str:
@@ -233,7 +242,7 @@ def plan_rootfs(config: dict, bundle: str, *, rootless: bool, no_pivot: bool = F
     if rootfs_propagation is not None and rootfs_propagation[0] in (A.MS_SHARED, A.MS_PRIVATE):
         root_propagation = rootfs_propagation[0] | A.MS_REC
 
-    return RootfsPlan(
+    rootfs_plan = RootfsPlan(
         rootfs=rootfs,
         readonly=bool(root.get("readonly")),
         mounts=mounts,
@@ -248,6 +257,9 @@ def plan_rootfs(config: dict, bundle: str, *, rootless: bool, no_pivot: bool = F
         rootfs_propagation=rootfs_propagation,
         kcore=os.path.exists("/proc/kcore"),
     )
+    if "user" in namespaces and uid_maps and gid_maps:
+        rootfs_plan.new_userns_maps = (uid_maps, gid_maps)
+    return rootfs_plan
 
 
 def _int_or(text: str, default: int) -> int:
@@ -492,16 +504,19 @@ def _mount_one(plan: RootfsPlan, mount: MountPlan) -> None:
         _mount_cgroup(plan, mount)
     else:
         existed = mount.fstype == "tmpfs" and paths.lstat_in_root(plan.root_fd, mount.destination) is not None
-        copy_up = existed and mount.copy_up
         target = _destination_fd(plan, mount)
         try:
-            tree = _make_tree(mount, target, inherit_mode=existed, writable=copy_up)
+            tree = _make_tree(mount, target, inherit_mode=existed)
             try:
-                if copy_up:
+                if existed and mount.copy_up:
                     _copy_up(mount, target, tree)
                 _attach_tree(mount, tree, target)
+                if mount.readonly_later:
+                    plan.readonly_later.append((tree, mount.destination))
+                    tree = -1
             finally:
-                os.close(tree)
+                if tree >= 0:
+                    os.close(tree)
         finally:
             os.close(target)
 
@@ -518,7 +533,8 @@ def _destination_fd(plan: RootfsPlan, mount: MountPlan, *, directory: bool | Non
         directory = True
         if mount.bind:
             try:
-                directory = stat.S_ISDIR(os.stat(mount.source).st_mode)
+                source = os.fstat(mount.source_fd) if mount.source_fd >= 0 else os.stat(mount.source)
+                directory = stat.S_ISDIR(source.st_mode)
             except OSError as err:
                 raise RootfsError(f"{mount.describe()}: source {mount.source}: {why(err)}") from None
     try:
@@ -535,16 +551,66 @@ def _destination_fd(plan: RootfsPlan, mount: MountPlan, *, directory: bool | Non
 
 
 def open_mount_sources(plan: RootfsPlan) -> None:
-    """In the parent, right before the fork: build the idmapped mounts' detached trees.
+    """In the parent, right before the fork: build the detached trees the init could not build itself.
 
     Setting an idmapping needs privilege over the source filesystem's user namespace, which an init
-    inside a container user namespace doesn't have; the real-root parent does. The init inherits the
-    fds and only attaches them. Harmless to skip without user namespace: the init then does it itself.
-    Release with ``close_mount_sources`` in the parent once the init has been forked.
+    inside a container user namespace doesn't have; the real-root parent does. Likewise the container's
+    root may not be allowed to search its way to a bind source (a 0700 directory of the host's root on
+    the way): the parent clones those. Every other source is left to the init, which resolves it after
+    the earlier mounts, as their order asks. The init inherits the fds and only attaches them. Harmless
+    to skip without user namespace: the init then does it itself. Release with ``close_mount_sources``
+    in the parent once the init has been forked.
     """
     for mount in plan.mounts:
-        if mount.bind and mount.uid_map is not None and mount.source_fd < 0:
+        if not mount.bind or mount.source_fd >= 0:
+            continue
+        if mount.uid_map is not None:
             mount.source_fd = _bind_tree(mount)
+        elif (plan.new_userns_maps is not None and os.geteuid() == 0
+              and not _searchable_by_container_root(mount.source, *plan.new_userns_maps)):
+            mount.source_fd = _bind_tree(mount)
+
+
+def _searchable_by_container_root(source: str, uid_maps: list[tuple[int, int, int]],
+                                  gid_maps: list[tuple[int, int, int]]) -> bool:
+    """Whether the container's root, once in its user namespace, can look ``source`` up.
+
+    A close estimate (no ACLs, no supplementary groups), erring towards "no", which only costs a clone
+    here. A source that does not exist yet is the init's to resolve (an earlier mount may create it).
+    """
+    uid = _host_id(uid_maps, 0)
+    gid = _host_id(gid_maps, 0)
+    try:
+        real = os.path.realpath(source)
+        directories = {os.path.dirname(p) for p in (source, real)}
+        for start in list(directories):
+            while start not in ("/", ""):
+                start = os.path.dirname(start)
+                directories.add(start)
+        for directory in directories:
+            st = os.stat(directory)
+            if _host_maps(uid_maps, st.st_uid) and _host_maps(gid_maps, st.st_gid):
+                continue  # its capabilities cover an inode whose owner and group it maps
+            bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+            if not st.st_mode & bit:
+                return False
+        os.lstat(source)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _host_id(maps: list[tuple[int, int, int]], container_id: int) -> int:
+    for start, host, size in maps:
+        if start <= container_id < start + size:
+            return host + container_id - start
+    return -1
+
+
+def _host_maps(maps: list[tuple[int, int, int]], host_id: int) -> bool:
+    return any(host <= host_id < host + size for _start, host, size in maps)
 
 
 def close_mount_sources(plan: RootfsPlan) -> None:
@@ -581,13 +647,11 @@ def _copy_up(mount: MountPlan, target: int, tree: int) -> None:
                 os.close(dst)
         finally:
             os.close(src)
-        if mount.readonly:
-            paths.set_attrs(tree, attr_set=A.MOUNT_ATTR_RDONLY)
     except OSError as err:
         raise RootfsError(f"{mount.describe()}: tmpcopyup: {why(err)}") from None
 
 
-def _make_tree(mount: MountPlan, target: int, *, inherit_mode: bool = False, writable: bool = False) -> int:
+def _make_tree(mount: MountPlan, target: int, *, inherit_mode: bool = False) -> int:
     """A detached mount for ``mount``: a clone of the bind source or a fresh filesystem."""
     if mount.bind and mount.source_fd >= 0:
         tree, mount.source_fd = mount.source_fd, -1
@@ -599,8 +663,8 @@ def _make_tree(mount: MountPlan, target: int, *, inherit_mode: bool = False, wri
         # a tmpfs over an existing directory keeps that directory's permissions, as runc does
         data.insert(0, f"mode={stat.S_IMODE(os.fstat(target).st_mode):o}")
     attrs = mount.attr_set | (mount.atime or 0)
-    if writable:
-        attrs &= ~A.MOUNT_ATTR_RDONLY  # made read-only once it has been filled
+    if mount.readonly_later:
+        attrs &= ~A.MOUNT_ATTR_RDONLY
     return _new_filesystem(mount, mount.fstype, mount.source, data, mount.sb_flags, attrs=attrs)
 
 
@@ -656,7 +720,7 @@ def _set_mount_attrs(mount: MountPlan, tree: int, *, fresh: bool) -> None:
     try:
         if not fresh and (mount.attr_set or mount.attr_clr or mount.atime is not None):
             attr_clr = mount.attr_clr
-            attr_set = mount.attr_set
+            attr_set = mount.attr_set & ~(A.MOUNT_ATTR_RDONLY if mount.readonly_later else 0)
             if mount.atime is not None:
                 attr_clr |= A.MOUNT_ATTR__ATIME
                 attr_set |= mount.atime
@@ -919,6 +983,11 @@ def _move_root(plan: RootfsPlan) -> None:
 def finish_rootfs(plan: RootfsPlan) -> None:
     root = os.open("/", A.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        for tree, destination in plan.readonly_later:
+            try:
+                paths.set_attrs(tree, attr_set=A.MOUNT_ATTR_RDONLY)
+            except OSError as err:
+                raise RootfsError(f"make {destination} read-only: {why(err)}") from None
         for path in plan.masked_paths:
             _mask(root, path, plan.null_fd)
         for path in plan.readonly_paths:
@@ -936,10 +1005,11 @@ def finish_rootfs(plan: RootfsPlan) -> None:
                 raise RootfsError(f"set rootfs propagation: {why(err)}") from None
     finally:
         os.close(root)
-        for fd in (plan.root_fd, plan.null_fd):
+        for fd in (plan.root_fd, plan.null_fd, *(tree for tree, _ in plan.readonly_later)):
             if fd >= 0:
                 os.close(fd)
         plan.root_fd = plan.null_fd = -1
+        plan.readonly_later = []
         os.umask(0o022)
 
 

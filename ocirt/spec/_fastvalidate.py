@@ -6,14 +6,14 @@ reasons: ``ocirt.spec.validate`` asks jsonschema for those once a document is kn
 
 from ocirt.spec.patterns import KNOWN as _KNOWN
 
-SCHEMA_DIGEST = 'f848f6120e549a7385ccc31e4beb6703835b809ce56416cd0a078505505b6c00'
+SCHEMA_DIGEST = 'f82b03d17e6added7166fe8a15ae39c35def1cbf964825c2854746f999546e10'
 
 _MISSING = object()
 
 _P0 = '^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$'
 _E1 = frozenset(['created', 'creating', 'running', 'stopped'])
 _P2 = '[\\s\\S]'
-_E3 = frozenset(['private', 'shared', 'slave', 'unbindable'])
+_E3 = frozenset(['private', 'rprivate', 'rshared', 'rslave', 'runbindable', 'shared', 'slave', 'unbindable'])
 _E4 = frozenset(['SCHED_BATCH', 'SCHED_DEADLINE', 'SCHED_FIFO', 'SCHED_IDLE', 'SCHED_ISO', 'SCHED_OTHER', 'SCHED_RR'])
 _E5 = frozenset(['IOPRIO_CLASS_BE', 'IOPRIO_CLASS_IDLE', 'IOPRIO_CLASS_RT'])
 _P6 = '^([0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)?$'

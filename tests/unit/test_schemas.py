@@ -309,7 +309,7 @@ INVALID_CASES = [
     (["linux", "intelRdt"], {"memBwSchema": "L3:0=1"}, "$.linux.intelRdt.memBwSchema", "MB:"),
     (["linux", "intelRdt"], {"schemata": "MB:0=20"}, "$.linux.intelRdt.schemata", "type array"),
     (["linux", "personality"], {"domain": "LINUX64"}, "$.linux.personality.domain", "not one of"),
-    (["linux", "rootfsPropagation"], "rprivate", "$.linux.rootfsPropagation", "not one of"),
+    (["linux", "rootfsPropagation"], "rbind", "$.linux.rootfsPropagation", "not one of"),
     (["linux", "maskedPaths"], ["proc/kcore"], "$.linux.maskedPaths[0]", "absolute path"),
     (["linux", "sysctl"], {"kernel.x": 1}, '$.linux.sysctl["kernel.x"]', "type string"),
     (["linux", "uidMappings"], [{"containerID": 0, "hostID": 0}], "$.linux.uidMappings[0].size", "required"),
