@@ -15,6 +15,8 @@ runtime before the `ready` handshake, so `create` can fail with the init's own m
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 
 from ocirt import syscalls as sc
@@ -425,10 +427,75 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
                    after_ready=wait_for_start)
 
 
+# What the init and an exec'd process do between loading the seccomp filter (early, when noNewPrivileges is
+# false) and execve, step by step, with the syscalls each step makes: the same as runc's there, no more.
+# (Measured with strace -f on a default-allow profile; tests/security/test_seccomp_runtime_syscalls.py
+# runs with a profile that allows only runc's list and the program's.)
+AFTER_FILTER = {
+    "switch_user": ("prctl", "capget", "capset", "setgroups", "setgid", "setuid", "umask"),
+    "cwd": ("openat2", "openat", "fchdir", "chdir", "getcwd", "close"),
+    "no_new_privs": ("prctl",),
+    "ready": ("write", "close"),
+    "wait_for_start": ("openat", "write", "close"),
+    "execve": ("execve",),
+}
+
+
+class AfterFilter:
+    """Names, in a failing step's message, the syscall the seccomp profile denies (when it does)."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.step = ""
+
+    def __call__(self, step: str) -> AfterFilter:
+        self.step = step
+        return self
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind, err, traceback) -> None:
+        if err is None or not isinstance(err, (OcirtError, OSError)):
+            return
+        denied = self.denied(self.step, err)
+        if not denied:
+            return
+        message = str(err) if isinstance(err, OcirtError) else f"{self.step}: {why(err)}"
+        raise OcirtError(message + denied, getattr(err, "exit_code", None)) from None
+
+    def denied(self, step: str, err: BaseException) -> str:
+        """", the seccomp profile denies X ..." when the profile denies a syscall of ``step`` with the
+        error ``err`` carries; "" otherwise (or when no filter is loaded yet)."""
+        if self.compiled is None:
+            return ""
+        err_no = _errno_of(err)
+        names = [name for name in AFTER_FILTER[step] if self.compiled.denies(name, err_no)]
+        if not names:
+            return ""
+        return (f": the container's seccomp profile denies {' and '.join(names)}, which the runtime needs "
+                "between loading the filter and execve, as runc does")
+
+
+def _errno_of(err: BaseException | None) -> int | None:
+    # An OcirtError raised "from None" still carries the OSError it replaced as its context.
+    while err is not None:
+        if isinstance(err, OSError) and err.errno:
+            return err.errno
+        err = err.__context__
+    return None
+
+
 def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: int | None,
                    setgroups_allowed: bool, preserve_fds: int, listener: bool, keyring: str | None,
                    after_ready=None) -> None:
-    """The steps the init and an exec'd process share, from limits to execve. Never returns."""
+    """The steps the init and an exec'd process share, from limits to execve. Never returns.
+
+    Once the seccomp filter is loaded the process may only make the syscalls runc makes there, because
+    profiles are written (and tested) against runc: so the cwd, the executable and the fd sweep, which need
+    openat2, close_range and a lookup, all come before it. What follows the filter is listed, step by
+    step, in ``seccomp.AFTER_FILTER``; a step that fails there names the syscall the profile denies.
+    """
     from ocirt.linux import process
 
     process.apply_rlimits(proc)
@@ -444,32 +511,38 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
         if proc.selinux_label:
             lsm.apply_selinux_label(proc.selinux_label)
 
-    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the user switch may drop: load it
-    # first then. With no_new_privs it waits until just before execve. A notify listener needs it now too,
-    # to hand the fd over while the runtime still listens.
-    early_seccomp = seccomp is not None and (not proc.no_new_privileges or listener)
-    if early_seccomp:
-        _install_seccomp(seccomp, fd_pair, channel)
-
+    # As the runtime's root, as runc does first: a cwd only the process user may enter is entered again
+    # after the switch.
+    cwd_entered = process.enter_cwd(proc, as_process_user=False)
+    executable = process.find_executable(proc)
     if console_slave is not None:
-        import fcntl
-
         from ocirt.console import TIOCSCTTY
 
         fcntl.ioctl(console_slave, TIOCSCTTY, 0)
         for target in (0, 1, 2):
             os.dup2(console_slave, target)
         os.close(console_slave)
-
-    process.switch_user(proc, setgroups_allowed=setgroups_allowed)
-    process.chdir_cwd(proc)
-    if proc.no_new_privileges:
-        process.set_no_new_privileges()
-    executable = process.find_executable(proc)
-
     _seal_fds(preserve_fds)
-    channel.send("ready")
-    channel.close()
+
+    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the user switch may drop: load it
+    # first then. With no_new_privs it waits until just before execve. A notify listener needs it now too,
+    # to hand the fd over while the runtime still listens.
+    early_seccomp = seccomp is not None and (not proc.no_new_privileges or listener)
+    if early_seccomp:
+        _install_seccomp(seccomp, fd_pair, channel)
+    step = AfterFilter(seccomp if early_seccomp else None)
+
+    with step("switch_user"):
+        process.switch_user(proc, setgroups_allowed=setgroups_allowed)
+    if not cwd_entered:
+        with step("cwd"):
+            process.enter_cwd(proc, as_process_user=True)
+    with step("no_new_privs"):
+        if proc.no_new_privileges:
+            process.set_no_new_privileges()
+    with step("ready"):
+        channel.send("ready")
+        channel.close()
     if after_ready is not None:
         after_ready()
     if seccomp is not None and not early_seccomp:
@@ -479,7 +552,8 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
     try:
         os.execve(executable, proc.args, _env_dict(proc.env))
     except OSError as err:
-        os.write(2, f'ocirt: exec: "{proc.args[0]}": {why(err)}\n'.encode())
+        denied = AfterFilter(seccomp).denied("execve", err)
+        os.write(2, f'ocirt: exec: "{proc.args[0]}": {why(err)}{denied}\n'.encode())
         os._exit(127 if err.errno == 2 else 126)
 
 
@@ -537,9 +611,32 @@ def _join_session_keyring(name: str) -> None:
 def _seal_fds(preserve_fds: int) -> None:
     """At execve only 0-2 and the preserved fds may stay open: everything else gets close-on-exec."""
     first = 3 + preserve_fds
-    sc.close_range(first, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+    try:
+        sc.close_range(first, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+    except OSError as err:
+        # ENOSYS before 5.9, EINVAL for the CLOEXEC flag before 5.11, EPERM from a host's seccomp profile.
+        if err.errno not in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
+            raise
+        _seal_fds_one_by_one(first)
     for fd in range(3, first):
         try:
             os.set_inheritable(fd, True)
         except OSError:
             pass
+
+
+def _seal_fds_one_by_one(first: int) -> None:
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        # No /proc in the container: every fd this process may hold.
+        fds = list(range(first, os.sysconf("SC_OPEN_MAX")))
+    for fd in fds:
+        if fd < first:
+            continue
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            if not flags & fcntl.FD_CLOEXEC:
+                fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+        except OSError:
+            pass  # closed meanwhile (the listdir's own fd)

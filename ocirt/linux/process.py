@@ -7,6 +7,7 @@ privileged, then the user switch, then the capability sets, then no_new_privs.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 
@@ -233,8 +234,10 @@ def switch_user(plan: ProcessPlan, *, setgroups_allowed: bool) -> None:
             raise OcirtError(
                 "additionalGids need setgroups(2), which a user namespace with a single-id mapping denies"
             )
-        os.setresgid(plan.gid, plan.gid, plan.gid)
-        os.setresuid(plan.uid, plan.uid, plan.uid)
+        # setgid/setuid, not setres*id: with CAP_SETUID they set all three ids just the same, and they are
+        # what runc calls here, so what a profile written for runc allows after its filter.
+        os.setgid(plan.gid)
+        os.setuid(plan.uid)
     except OSError as err:
         raise OcirtError(
             f"cannot switch to uid {plan.uid} gid {plan.gid}: {why(err)}"
@@ -248,25 +251,49 @@ def set_no_new_privileges() -> None:
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
-def chdir_cwd(plan: ProcessPlan) -> None:
+def enter_cwd(plan: ProcessPlan, *, as_process_user: bool) -> bool:
+    """Change to ``process.cwd``; False when the runtime's own identity may not enter it (EACCES).
+
+    The init calls this twice at most, as runc does: first before the user switch and the seccomp filter
+    (root may enter a directory the process user can't, and no profile can stand in the way yet), then,
+    only if root was refused, as the process user (``as_process_user``), with the filter maybe loaded.
+    """
+    try:
+        _enter_in_root(plan.cwd)
+    except PermissionError:
+        if as_process_user:
+            raise OcirtError(f"cannot change to cwd {plan.cwd}: permission denied") from None
+        return False
+    except OSError as err:
+        raise OcirtError(f"cannot change to cwd {plan.cwd}: {why(err)}") from None
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise OcirtError(f"cannot change to cwd {plan.cwd}: it is outside the container") from None
+    return True
+
+
+def _enter_in_root(cwd: str) -> None:
     # No magic links, inside the root: "/proc/self/fd/N" naming a directory fd still open here (one the
     # caller leaked, or the runtime's own) would put the cwd on the host (CVE-2024-21626).
     root_fd = cwd_fd = -1
     try:
         root_fd = os.open("/", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        cwd_fd = sc.openat2(root_fd, plan.cwd, sc.O_PATH | os.O_DIRECTORY, 0,
-                            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        try:
+            cwd_fd = sc.openat2(root_fd, cwd, sc.O_PATH | os.O_DIRECTORY, 0,
+                                sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        except OSError as err:
+            # openat2 is missing (kernel < 5.6) or denied (a seccomp profile written before it existed):
+            # a plain chdir, checked by the caller's getcwd, which fails for a directory outside the root.
+            if err.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            os.chdir(cwd)
+            return
         os.fchdir(cwd_fd)
-    except OSError as err:
-        raise OcirtError(f"cannot change to cwd {plan.cwd}: {why(err)}") from None
     finally:
         for fd in (cwd_fd, root_fd):
             if fd >= 0:
                 os.close(fd)
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        raise OcirtError(f"cannot change to cwd {plan.cwd}: it is outside the container") from None
 
 
 def env_path(env: list[str]) -> str:
@@ -277,7 +304,12 @@ def env_path(env: list[str]) -> str:
 
 
 def find_executable(plan: ProcessPlan) -> str:
-    """Resolve args[0] the way execvp would, and fail now with the text engines map to exit codes."""
+    """Resolve args[0] the way execvp would, and fail now with the text engines map to exit codes.
+
+    Runs before the user switch and the seccomp filter (``stat`` only: no ``access``/``faccessat2``, which
+    older profiles deny), so whether the process user may execute the file is worked out from its mode,
+    as the kernel would at execve; execve itself stays the final judge.
+    """
     name = plan.args[0]
     if "/" in name:
         candidates = [name]
@@ -292,7 +324,7 @@ def find_executable(plan: ProcessPlan) -> str:
         if (st.st_mode & 0o170000) != 0o100000:
             denied = denied or path
             continue
-        if os.access(path, os.X_OK):
+        if may_execute(st, plan):
             if (st.st_dev, st.st_ino) == plan.runtime_exe:
                 raise OcirtError(f'exec: "{name}": {path} is the runtime\'s own interpreter: refused '
                                  "(a container must not run the host's runtime binary)", exit_code=126)
@@ -305,3 +337,18 @@ def find_executable(plan: ProcessPlan) -> str:
     raise OcirtError(
         f'exec: "{name}": executable file not found in $PATH: no such file or directory', exit_code=127
     )
+
+
+_CAP_DAC_OVERRIDE = 1
+
+
+def may_execute(st: os.stat_result, plan: ProcessPlan) -> bool:
+    """The kernel's execute check for the process user (uid, gid, additionalGids, effective caps)."""
+    mode = st.st_mode
+    if plan.capabilities.effective >> _CAP_DAC_OVERRIDE & 1:
+        return bool(mode & 0o111)
+    if st.st_uid == plan.uid:
+        return bool(mode & 0o100)
+    if st.st_gid == plan.gid or st.st_gid in plan.additional_gids:
+        return bool(mode & 0o010)
+    return bool(mode & 0o001)

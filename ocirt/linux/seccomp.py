@@ -82,10 +82,11 @@ class CompiledFilter:
     """
 
     __slots__ = ("bpf", "flags", "uses_notify", "listener_path", "listener_metadata", "skipped",
-                 "from_cache")
+                 "from_cache", "verdicts")
 
     def __init__(self, bpf: bytes, flags: int, uses_notify: bool, listener_path: str | None,
-                 listener_metadata: str | None, skipped: tuple[str, ...], from_cache: bool):
+                 listener_metadata: str | None, skipped: tuple[str, ...], from_cache: bool,
+                 verdicts: Verdicts | None = None):
         self.bpf = bpf
         self.flags = flags
         self.uses_notify = uses_notify
@@ -93,6 +94,12 @@ class CompiledFilter:
         self.listener_metadata = listener_metadata
         self.skipped = skipped
         self.from_cache = from_cache
+        self.verdicts = verdicts
+
+    def denies(self, name: str, err_no: int | None = None) -> bool:
+        """Whether the profile makes syscall ``name`` fail (for some arguments at least) with ``err_no``
+        (any error when None). Read from the section itself, to explain a failure in the init."""
+        return self.verdicts is not None and self.verdicts.denies(name, err_no)
 
     @property
     def instructions(self) -> int:
@@ -101,6 +108,48 @@ class CompiledFilter:
     def __repr__(self) -> str:
         return (f"CompiledFilter(instructions={self.instructions}, flags={self.flags:#x}, "
                 f"uses_notify={self.uses_notify}, from_cache={self.from_cache})")
+
+
+_ALLOWING = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY")
+_ENOSYS = 38
+
+
+class Verdicts:
+    """What the profile answers for a syscall by name, arguments aside: the default action, and per
+    name the actions of the rules that name it (conditional rules count as "for some arguments")."""
+
+    __slots__ = ("default", "by_name")
+
+    def __init__(self, seccomp: dict):
+        self.default = _errno_of(seccomp.get("defaultAction"), seccomp.get("defaultErrnoRet"))
+        self.by_name: dict[str, list[tuple[int, bool]]] = {}
+        for rule in seccomp.get("syscalls") or []:
+            if not isinstance(rule, dict) or not isinstance(rule.get("names"), list):
+                continue
+            verdict = (_errno_of(rule.get("action"), rule.get("errnoRet")), bool(rule.get("args")))
+            for name in rule["names"]:
+                if isinstance(name, str):
+                    self.by_name.setdefault(name, []).append(verdict)
+
+    def denies(self, name: str, err_no: int | None) -> bool:
+        rules = self.by_name.get(name)
+        if not rules:
+            outcomes = [self.default]
+        else:
+            unconditional = [ret for ret, conditional in rules if not conditional]
+            outcomes = unconditional[:1] or [ret for ret, _ in rules] + [self.default]
+        # An outcome is 0 for allowed, -1 for a kill or trap (no errno to compare), or the errno returned.
+        return any(ret != 0 and (err_no is None or ret in (-1, err_no)) for ret in outcomes)
+
+
+def _errno_of(action: object, errno_ret: object) -> int:
+    if action in _ALLOWING:
+        return 0
+    if action == "SCMP_ACT_ERRNO":
+        return errno_ret if isinstance(errno_ret, int) and errno_ret > 0 else _EPERM
+    if action == "SCMP_ACT_TRACE":
+        return _ENOSYS  # what a traced syscall returns when no tracer is attached
+    return -1
 
 
 def compile_filter(seccomp: dict, *, cache_dir: str | None) -> CompiledFilter:
@@ -121,7 +170,8 @@ def compile_filter(seccomp: dict, *, cache_dir: str | None) -> CompiledFilter:
         cached = _read_cache(cache_path)
         if cached is not None:
             bpf, skipped = cached
-            return CompiledFilter(bpf, flags, uses_notify, listener_path, listener_metadata, skipped, True)
+            return CompiledFilter(bpf, flags, uses_notify, listener_path, listener_metadata, skipped, True,
+                                  Verdicts(seccomp))
 
     bpf, skipped = _build(seccomp)
     if len(bpf) // _BPF_INSN_SIZE > _BPF_MAXINSNS:
@@ -129,7 +179,8 @@ def compile_filter(seccomp: dict, *, cache_dir: str | None) -> CompiledFilter:
                           f"more than the kernel's limit of {_BPF_MAXINSNS}")
     if cache_path is not None:
         _write_cache(cache_path, bpf, skipped)
-    return CompiledFilter(bpf, flags, uses_notify, listener_path, listener_metadata, skipped, False)
+    return CompiledFilter(bpf, flags, uses_notify, listener_path, listener_metadata, skipped, False,
+                          Verdicts(seccomp))
 
 
 def _uses_notify(seccomp: dict) -> bool:
