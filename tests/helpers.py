@@ -622,6 +622,20 @@ def reap_stale_sessions() -> list[str]:
     return reaped
 
 
+# ---- test dependencies ---------------------------------------------------------------------------------
+
+def require_module(name: str, what: str):
+    """Import ``name`` for a test module, or fail its collection with one line saying what to install."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        pytest.fail(f"these tests need {what}: {err}", pytrace=False)
+
+
 # ---- config editing helpers -------------------------------------------------------------------------------
 
 def without_namespace(config: dict, kind: str) -> dict:

@@ -150,6 +150,10 @@ def check_net_devices(net_devices: dict, *, rootless: bool, netns_path: str | No
         return
     if not isinstance(net_devices, dict):
         raise OcirtError("linux.netDevices must be an object")
+    from ocirt.deps import require
+
+    # Moving the devices needs it later, once the init exists: fail now, before anything is made.
+    require("pyroute2")
 
     targets: dict[str, str] = {}
     for host_name, entry in net_devices.items():

@@ -277,7 +277,9 @@ def _comparison(libseccomp, arg: object, where: str) -> tuple[int, object]:
 
 
 def _build(seccomp: dict) -> tuple[bytes, tuple[str, ...]]:
-    import seccomp as libseccomp
+    from ocirt.deps import require
+
+    libseccomp = require("seccomp")
 
     default_name = seccomp.get("defaultAction")
     if default_name == "SCMP_ACT_NOTIFY":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from ocirt import OCI_VERSION
 from ocirt.errors import ConfigError, OcirtError
 
 # typing costs 10 ms to import: too much for the create path, so it is seen by type checkers only.
@@ -97,7 +98,9 @@ def _validator(kind: str) -> Any:
     if kind not in _validators:
         import json
 
-        import jsonschema
+        from ocirt.deps import require
+
+        jsonschema = require("jsonschema")
         from referencing import Registry, Resource
         from referencing.jsonschema import DRAFT4
 
@@ -261,9 +264,17 @@ def validate_features(doc: Any) -> list[SchemaIssue]:
 
 
 def _check(kind: str, what: str, doc: Any) -> None:
-    if _fast_verdict(kind, doc) is True:
+    verdict = _fast_verdict(kind, doc)
+    if verdict is True:
         return
-    issues = _report(kind, doc)
+    from ocirt.deps import MissingDependency
+
+    try:
+        issues = _report(kind, doc)
+    except MissingDependency as err:
+        if verdict is False:
+            raise ConfigError(f"{what}: does not match the runtime-spec {OCI_VERSION} schema; {err}") from None
+        raise ConfigError(f"{what}: cannot be validated: {err}") from None
     if not issues:
         return
     message = f"{what}: {issues[0]}"

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import prctl
+import helpers
 import pytest
 
 from ocirt import log as ocirt_log
@@ -15,6 +15,8 @@ from ocirt.errors import ConfigError, OcirtError
 from ocirt.linux import capabilities as caps
 
 from .forked import run_forked
+
+prctl = helpers.require_module("prctl", "python3-prctl (apt-get install python3-prctl, or run scripts/bootstrap)")
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop bounding caps and switch uid")
 PROCESS_UID = PROCESS_GID = 1000
