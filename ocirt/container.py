@@ -157,12 +157,7 @@ def create(opts: CreateOptions):
         }
         container.save()
         _save_config(container, config)
-        os.mkfifo(container.fifo_path, 0o622)
-        # The umask would take the write bits away from a container process that runs as a non-root id
-        # (a subordinate uid, rootless); the state dir around it is private anyway.
-        os.chmod(container.fifo_path, 0o622)
-        if ns_plan.has("user") and os.geteuid() == 0:
-            _chown_to_container_root(container.fifo_path, linux)
+        _make_exec_fifo(container.fifo_path, linux if ns_plan.has("user") and os.geteuid() == 0 else None)
         cgroup.create()
         container.runtime["cgroup"] = cgroup.to_state()
         container.runtime["resources"] = linux.get("resources") or {}
@@ -329,12 +324,25 @@ def _cache_dir(rootless: bool) -> str:
     return "/var/cache/ocirt"
 
 
-def _chown_to_container_root(path: str, linux: dict) -> None:
-    from ocirt.linux.idmap import host_id
+def _make_exec_fifo(path: str, userns_linux: dict | None) -> None:
+    """The exec fifo, its mode (and, with a user namespace made by root, its owner: the container's root)
+    set through an fd of the fifo just made: a name swapped for a link in between is never followed."""
+    os.mkfifo(path, 0o622)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_mode & 0o170000 != 0o010000:
+            raise OcirtError(f"{path} is not the fifo just made")
+        # The umask would take the write bits away from a container process that runs as a non-root id
+        # (a subordinate uid, rootless); the state dir around it is private anyway.
+        os.fchmod(fd, 0o622)
+        if userns_linux is not None:
+            from ocirt.linux.idmap import host_id
 
-    uid = host_id(linux.get("uidMappings") or [], 0)
-    gid = host_id(linux.get("gidMappings") or [], 0)
-    os.chown(path, uid if uid is not None else -1, gid if gid is not None else -1)
+            uid = host_id(userns_linux.get("uidMappings") or [], 0)
+            gid = host_id(userns_linux.get("gidMappings") or [], 0)
+            os.fchown(fd, uid if uid is not None else -1, gid if gid is not None else -1)
+    finally:
+        os.close(fd)
 
 
 def _freezer_file(cgroup) -> str | None:

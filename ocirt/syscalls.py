@@ -204,6 +204,13 @@ def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr
     )
 
 
+def chown_fd(fd: int, uid: int, gid: int) -> None:
+    """``fchownat(fd, "", uid, gid, AT_EMPTY_PATH)``: the owner of what ``fd`` is, ``O_PATH`` fds included
+    (``os.fchown`` refuses those, and a path could be swapped for a link to something else)."""
+    _check(_libc.fchownat(ctypes.c_int(fd), b"", ctypes.c_uint(uid), ctypes.c_uint(gid),
+                          ctypes.c_int(AT_EMPTY_PATH)), "fchownat")
+
+
 def pidfd_open(pid: int, flags: int = 0) -> int:
     return _check(_syscall(_NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(flags)), "pidfd_open")
 

@@ -11,7 +11,8 @@ Fixtures (lazy: a unit test that asks for none of them creates nothing but the s
   subid_user            -> UnprivilegedUser  session-wide account with 65536 subuids/subgids
   busybox_rootfs        -> Path             the session's shared rootfs: never write into it
   leak_tracker          -> LeakTracker      register extra paths/ids for the leak check
-and an autouse leak check after every test that used any of them (or called helpers.run_runtime).
+and an autouse leak check after every test that used any of them (or called helpers.run_runtime); after
+every test at all, the host's /dev nodes (helpers.HOST_DEV_NODES) must be as they were when it began.
 Markers: ``rootless`` (runs as a test user), ``engines`` (drives podman/containerd/docker).
 """
 

@@ -478,6 +478,73 @@ def remove_cgroup(path: Path, timeout: float = 2.0) -> bool:
 
 _current_tracker: LeakTracker | None = None
 
+# The host's device nodes that a runtime might be led to change (issue 16 item 9: /dev/null was once found
+# owned by 1000:1000). Each test's leak check compares them with how they were when the test began.
+HOST_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "console", "kmsg")
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a /dev entry is: type, permission bits, owner and device number (``None`` when missing)."""
+
+    kind: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    link: str | None = None
+
+    def describe(self) -> str:
+        if self.link is not None:
+            return f"a symlink to {self.link}"
+        kind = {stat.S_IFCHR: "char", stat.S_IFBLK: "block"}.get(self.kind, f"type {self.kind:o}")
+        return (f"{kind} {os.major(self.rdev)}:{os.minor(self.rdev)} mode {self.mode:04o} "
+                f"owner {self.uid}:{self.gid}")
+
+
+def host_dev_nodes() -> dict[str, NodeState | None]:
+    nodes: dict[str, NodeState | None] = {}
+    for name in HOST_DEV_NODES:
+        try:
+            st = os.lstat(f"/dev/{name}")
+        except FileNotFoundError:
+            nodes[name] = None
+            continue
+        link = os.readlink(f"/dev/{name}") if stat.S_ISLNK(st.st_mode) else None
+        nodes[name] = NodeState(stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                st.st_rdev, link)
+    return nodes
+
+
+def host_dev_changes(before: Mapping[str, NodeState | None]) -> list[str]:
+    """One line per host /dev node that is not as ``before`` says; each is put back (as root)."""
+    changes = []
+    for name, now in host_dev_nodes().items():
+        was = before.get(name)
+        if now == was:
+            continue
+        changes.append(f"host /dev/{name} changed: was {was.describe() if was else 'missing'}, "
+                       f"is {now.describe() if now else 'missing'}")
+        if os.geteuid() == 0:
+            restore_dev_node(f"/dev/{name}", was, now)
+    return changes
+
+
+def restore_dev_node(path: str, was: NodeState | None, now: NodeState | None) -> None:
+    with contextlib.suppress(OSError):
+        if now is not None and (was is None or (now.kind, now.rdev, now.link) != (was.kind, was.rdev, was.link)):
+            os.unlink(path)
+        if was is None:
+            return
+        if was.link is not None:
+            if not os.path.islink(path):
+                os.symlink(was.link, path)
+            return
+        if not os.path.lexists(path):
+            os.mknod(path, was.kind | was.mode, was.rdev)
+        os.chown(path, was.uid, was.gid, follow_symlinks=False)
+        os.chmod(path, was.mode, follow_symlinks=False)
+
 
 def _record_root(root: Path) -> None:
     if _current_tracker is not None:
@@ -490,16 +557,20 @@ class LeakTracker:
 
     ``check_and_clean()`` returns one line per leak and removes each leak it found: state dirs (through
     ``delete --force`` first, as the runtime knows best how to tear a container down), processes (SIGKILL
-    by pid), mounts (lazy umount) and cgroup directories (rmdir)."""
+    by pid), mounts (lazy umount) and cgroup directories (rmdir). The host's /dev nodes (``HOST_DEV_NODES``)
+    must keep the type, mode, owner and device number they had when the test began; one that changed is
+    put back."""
 
     roots: dict[Path, UnprivilegedUser | None] = field(default_factory=dict)
     bundles: list[Bundle] = field(default_factory=list)
     watched_paths: list[Path] = field(default_factory=list)
     container_ids: set[str] = field(default_factory=set)
+    host_nodes: dict[str, NodeState | None] = field(default_factory=dict)
 
     def activate(self) -> None:
         global _current_tracker
         _current_tracker = self
+        self.host_nodes = host_dev_nodes()
 
     def deactivate(self) -> None:
         global _current_tracker
@@ -517,7 +588,7 @@ class LeakTracker:
 
     def check_and_clean(self) -> list[str]:
         if self.idle:
-            return []
+            return host_dev_changes(self.host_nodes) if self.host_nodes else []
         leaks: list[str] = []
         kept = {b.id for b in self.bundles if b.keep}
         runtimes = {b.id: b.runtime_path for b in self.bundles}
@@ -555,6 +626,8 @@ class LeakTracker:
             leaks.append(f"cgroup {directory} remains")
             if not remove_cgroup(directory):
                 leaks.append(f"cgroup {directory} could not be removed")
+        if self.host_nodes:
+            leaks += host_dev_changes(self.host_nodes)
         return leaks
 
 

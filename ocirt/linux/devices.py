@@ -3,7 +3,10 @@
 Without a user namespace the nodes are made with ``mknod``. In a user namespace the kernel refuses
 ``mknod`` (EPERM), so the host's node is bind-mounted onto an empty file instead, after checking that the
 host node really is the device the config names. Every entry is created through a dirfd of its parent
-inside the rootfs (see ``paths``), so a symlink planted in the image can't aim a node at the host.
+inside the rootfs (see ``paths``), so a symlink planted in the image can't aim a node at the host; an
+owner is set through an fd of the node just made, never through a name. A directory inside the rootfs
+can still be the host's /dev itself (a bind of it, a devtmpfs): ``HostDevices`` recognises it, and
+nothing is made, removed or changed there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,41 @@ from ocirt.linux import paths
 
 class DeviceError(OcirtError):
     pass
+
+
+class HostDevices:
+    """The host's /dev, as the init sees it before its first mount.
+
+    A bind of the host's /dev, or a devtmpfs (the kernel's one instance, the host's nodes), shows that
+    same directory inside the rootfs; every entry made, removed or re-owned below is the host's.
+    """
+
+    __slots__ = ("filesystems", "directories")
+
+    def __init__(self, dev: str = "/dev") -> None:
+        self.filesystems: set[int] = set()
+        self.directories: set[tuple[int, int]] = set()
+        try:
+            st = os.stat(dev)
+            root = os.stat("/")
+        except OSError:
+            return
+        self.directories.add((st.st_dev, st.st_ino))
+        if st.st_dev != root.st_dev:
+            self.filesystems.add(st.st_dev)  # a filesystem of its own: all of it is the host's /dev
+
+    def add_filesystem(self, fd: int) -> None:
+        """Count the filesystem of ``fd`` (a devtmpfs the config mounts) as the host's /dev too."""
+        self.filesystems.add(os.fstat(fd).st_dev)
+
+    def is_host_dev(self, dir_fd: int) -> bool:
+        st = os.fstat(dir_fd)
+        return st.st_dev in self.filesystems or (st.st_dev, st.st_ino) in self.directories
+
+    def refuse(self, dir_fd: int, what: str) -> None:
+        if self.is_host_dev(dir_fd):
+            raise DeviceError(f"{what}: its directory is the host's /dev (a bind of it or a devtmpfs): "
+                              "the host's device nodes are never changed")
 
 
 class DevicePlan:
@@ -83,88 +121,120 @@ def plan_devices(config: dict) -> list[DevicePlan]:
     return list(planned.values())
 
 
-def create_devices(root_fd: int, devices: list[DevicePlan], *, bind: bool) -> None:
+def create_devices(root_fd: int, devices: list[DevicePlan], *, bind: bool, host: HostDevices) -> None:
     old_umask = os.umask(0)
     try:
         for dev in devices:
-            if bind:
-                _bind_host_node(root_fd, dev)
-            else:
-                _make_node(root_fd, dev)
+            parent, name = paths.open_parent(root_fd, dev.path)
+            try:
+                if bind:
+                    _bind_host_node(parent, name, dev, host)
+                else:
+                    _make_node(parent, name, dev, host)
+            finally:
+                os.close(parent)
     finally:
         os.umask(old_umask)
 
 
-def _make_node(root_fd: int, dev: DevicePlan) -> None:
-    parent, name = paths.open_parent(root_fd, dev.path)
+def _make_node(parent: int, name: str, dev: DevicePlan, host: HostDevices) -> None:
+    what = f"create device {dev.path}"
+    host.refuse(parent, what)
+    rdev = os.makedev(dev.major, dev.minor)
     try:
         try:
-            os.mknod(name, dev.type_bits | dev.file_mode, os.makedev(dev.major, dev.minor), dir_fd=parent)
+            os.mknod(name, dev.type_bits | dev.file_mode, rdev, dir_fd=parent)
         except FileExistsError:
-            # Something is already there (a bind-mounted /dev, or the image ships nodes). Replace it only
-            # when it is not what we want; never follow it.
+            # Something is already there (the image ships nodes, or a config mount put one there). A node
+            # of the right kind is left as it is, owner included; anything else but a directory is
+            # replaced. Nothing is followed.
             existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if (stat.S_IFMT(existing.st_mode) == dev.type_bits and dev.kind != "p"
-                    and existing.st_rdev == os.makedev(dev.major, dev.minor)):
+            if stat.S_IFMT(existing.st_mode) == dev.type_bits and dev.kind != "p" and existing.st_rdev == rdev:
                 return
             if stat.S_ISDIR(existing.st_mode):
-                raise DeviceError(f"create device {dev.path}: a directory is in the way") from None
+                raise DeviceError(f"{what}: a directory is in the way") from None
             os.unlink(name, dir_fd=parent)
-            os.mknod(name, dev.type_bits | dev.file_mode, os.makedev(dev.major, dev.minor), dir_fd=parent)
-        os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+            os.mknod(name, dev.type_bits | dev.file_mode, rdev, dir_fd=parent)
+        node = paths.open_beneath(parent, name)
+        try:
+            made = os.fstat(node)
+            if stat.S_IFMT(made.st_mode) != dev.type_bits or (dev.kind != "p" and made.st_rdev != rdev):
+                raise DeviceError(f"{what}: the node was replaced while it was made")
+            syscalls.chown_fd(node, dev.uid, dev.gid)
+        finally:
+            os.close(node)
     except OSError as err:
-        raise DeviceError(f"create device {dev.path}: {why(err)}") from None
-    finally:
-        os.close(parent)
+        raise DeviceError(f"{what}: {why(err)}") from None
 
 
-def _bind_host_node(root_fd: int, dev: DevicePlan) -> None:
+def _bind_host_node(parent: int, name: str, dev: DevicePlan, host: HostDevices) -> None:
+    what = f"bind device {dev.path} from the host"
+    host.refuse(parent, what)
     try:
         host_fd = os.open(dev.path, syscalls.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        raise DeviceError(f"bind device {dev.path} from the host: {why(err)}") from None
+        raise DeviceError(f"{what}: {why(err)}") from None
     try:
-        host = os.fstat(host_fd)
-        if stat.S_IFMT(host.st_mode) != dev.type_bits or (
-                dev.kind != "p" and host.st_rdev != os.makedev(dev.major, dev.minor)):
+        node = os.fstat(host_fd)
+        if stat.S_IFMT(node.st_mode) != dev.type_bits or (
+                dev.kind != "p" and node.st_rdev != os.makedev(dev.major, dev.minor)):
             raise DeviceError(f"bind device {dev.path}: the host's node is not {dev.kind} "
                               f"{dev.major}:{dev.minor}")
-        _unlink_symlink(root_fd, dev.path)
-        target = paths.create_file(root_fd, dev.path, 0o000)
+        target = _mount_target(parent, name, 0o000, f"bind device {dev.path}")
         try:
-            target_st = os.fstat(target)
-            if stat.S_ISDIR(target_st.st_mode):
-                raise DeviceError(f"bind device {dev.path}: a directory is in the way")
-            tree = paths.clone_tree(host_fd, recursive=False)
-            try:
-                paths.attach(tree, target)
-            finally:
-                os.close(tree)
+            _bind_onto(host_fd, target, what)
         finally:
             os.close(target)
-    except OSError as err:
-        raise DeviceError(f"bind device {dev.path} from the host: {why(err)}") from None
     finally:
         os.close(host_fd)
 
 
-def _unlink_symlink(root_fd: int, path: str) -> None:
-    """An image's ``/dev/null -> elsewhere`` would make the bind land on the link's target (and leave
-    /dev/null a link), as mknod's path never does: the node's own name is never followed."""
-    parent, name = paths.open_parent(root_fd, path)
+def _mount_target(dir_fd: int, name: str, mode: int, what: str) -> int:
+    """An ``O_PATH`` fd of the file ``name`` in ``dir_fd`` to mount a node on, made empty when missing.
+
+    A symlink there (an image's ``/dev/null -> elsewhere``) is removed, not followed: the mount would
+    land on its target and leave the name a link.
+    """
     try:
-        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-            os.unlink(name, dir_fd=parent)
+        existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        pass
-    finally:
-        os.close(parent)
+        existing = None
+    except OSError as err:
+        raise DeviceError(f"{what}: {why(err)}") from None
+    try:
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise DeviceError(f"{what}: a directory is in the way")
+        if existing is not None and stat.S_ISLNK(existing.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            existing = None
+        if existing is None:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=dir_fd)
+            os.close(fd)
+        return paths.open_beneath(dir_fd, name)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DeviceError(f"{what}: it became a symlink") from None
+        raise DeviceError(f"{what}: {why(err)}") from None
 
 
-def create_dev_symlinks(root_fd: int, *, kcore: bool) -> None:
+def _bind_onto(source_fd: int, target_fd: int, what: str) -> None:
+    """Attach a clone of the mount at ``source_fd`` (a node, or a pty slave) onto ``target_fd``."""
+    try:
+        tree = paths.clone_tree(source_fd, recursive=False)
+        try:
+            paths.attach(tree, target_fd)
+        finally:
+            os.close(tree)
+    except OSError as err:
+        raise DeviceError(f"{what}: {why(err)}") from None
+
+
+def create_dev_symlinks(root_fd: int, *, kcore: bool, host: HostDevices) -> None:
     """/dev/fd, stdin, stdout, stderr (and /dev/core when the kernel has /proc/kcore), then /dev/ptmx."""
     dev_fd = paths.mkdir_all(root_fd, "/dev")
     try:
+        host.refuse(dev_fd, "symlink /dev/ptmx")
         links = list(DEV_SYMLINKS) + ([("core", "/proc/kcore")] if kcore else [])
         for name, target in links:
             try:
@@ -192,11 +262,12 @@ def create_dev_symlinks(root_fd: int, *, kcore: bool) -> None:
         os.close(dev_fd)
 
 
-def bind_console(root_fd: int, console: str | int) -> None:
+def bind_console(root_fd: int, console: str | int, host: HostDevices) -> None:
     """Bind the pty slave ``console`` onto /dev/console inside the rootfs.
 
     ``console`` is an open fd of the slave (best: nothing can swap it), ``/proc/self/fd/<n>``, or a host
-    path of the runtime's choosing.
+    path of the runtime's choosing. With the host's /dev bound on /dev, the host's /dev/console is covered
+    in the container's mount namespace, and nothing there is made or removed.
     """
     if isinstance(console, str) and console.startswith("/proc/self/fd/") and console[14:].isdigit():
         console = int(console[14:])
@@ -213,41 +284,28 @@ def bind_console(root_fd: int, console: str | int) -> None:
             raise DeviceError(f"bind console {console_path}: not a character device")
         dev_fd = paths.mkdir_all(root_fd, "/dev")
         try:
-            target = _console_target(dev_fd)
+            target = _console_target(dev_fd, host)
         finally:
             os.close(dev_fd)
         try:
-            tree = paths.clone_tree(source, recursive=False)
-            try:
-                paths.attach(tree, target)
-            finally:
-                os.close(tree)
-        except OSError as err:
-            raise DeviceError(f"bind console on /dev/console: {why(err)}") from None
+            _bind_onto(source, target, "bind console on /dev/console")
         finally:
             os.close(target)
     finally:
         os.close(source)
 
 
-def _console_target(dev_fd: int) -> int:
-    try:
-        existing = os.stat("console", dir_fd=dev_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        existing = None
-    try:
-        if existing is not None and (stat.S_ISLNK(existing.st_mode) or stat.S_ISDIR(existing.st_mode)):
-            if stat.S_ISDIR(existing.st_mode):
-                raise DeviceError("bind console: /dev/console is a directory")
-            os.unlink("console", dir_fd=dev_fd)
+def _console_target(dev_fd: int, host: HostDevices) -> int:
+    if host.is_host_dev(dev_fd):
+        try:
+            existing = os.stat("console", dir_fd=dev_fd, follow_symlinks=False)
+        except OSError:
             existing = None
-        if existing is None:
-            fd = os.open("console", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dev_fd)
-            os.close(fd)
-        return paths.open_beneath(dev_fd, "console")
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise DeviceError("bind console: /dev/console is a symlink") from None
-        raise DeviceError(f"bind console: /dev/console: {why(err)}") from None
+        if existing is None or not (stat.S_ISCHR(existing.st_mode) or stat.S_ISREG(existing.st_mode)):
+            host.refuse(dev_fd, "bind console on /dev/console")
+        try:
+            return paths.open_beneath(dev_fd, "console")
+        except OSError as err:
+            raise DeviceError(f"bind console: /dev/console: {why(err)}") from None
+    return _mount_target(dev_fd, "console", 0o600, "bind console: /dev/console")
 

@@ -25,6 +25,7 @@ import stat
 from ocirt import syscalls
 from ocirt.errors import ConfigError, OcirtError, why
 from ocirt.linux import devices, paths, procfs
+from ocirt.linux.devices import HostDevices
 
 A = syscalls  # short alias for the flag constants below
 
@@ -143,7 +144,7 @@ class MountPlan(_Plain):
 class RootfsPlan(_Plain):
     __slots__ = ("rootfs", "readonly", "mounts", "masked_paths", "readonly_paths", "devices", "setup_dev",
                  "userns", "rootless", "no_pivot", "root_propagation", "rootfs_propagation", "kcore",
-                 "new_userns_maps", "root_fd", "null_fd", "readonly_later")
+                 "new_userns_maps", "root_fd", "null_fd", "readonly_later", "host_devices")
 
     def __init__(self, *, rootfs: str, readonly: bool, mounts: list[MountPlan], masked_paths: list[str],
                  readonly_paths: list[str], devices: list[devices.DevicePlan], setup_dev: bool, userns: bool,
@@ -170,6 +171,7 @@ class RootfsPlan(_Plain):
         self.root_fd = -1
         self.null_fd = -1
         self.readonly_later: list[tuple[int, str]] = []  # (mount fd, destination) finish_rootfs makes ro
+        self.host_devices: HostDevices | None = None
 
     @property
     def root(self) -> str:
@@ -231,7 +233,9 @@ def plan_rootfs(config: dict, bundle: str, *, rootless: bool, no_pivot: bool = F
             plan.tolerate_enoent = rootless or userns
         mounts.append(plan)
 
-    setup_dev = not any(m.destination == "/dev" and m.bind for m in mounts)
+    # A /dev of the host's nodes (a bind, or the kernel's one devtmpfs) is used as it is, as runc does for
+    # a bind: nothing is made in it.
+    setup_dev = not any(m.destination == "/dev" and (m.bind or m.fstype == "devtmpfs") for m in mounts)
     propagation = linux.get("rootfsPropagation")
     rootfs_propagation = None
     if propagation:
@@ -405,6 +409,7 @@ def _unescape(text: str) -> str:
 def prepare_rootfs(plan: RootfsPlan, *, console_path: str | None = None) -> None:
     # Made first: later, in a user namespace, the kernel may refuse a fresh proc mount.
     procfs.private_proc_fd()
+    host_devices = plan.host_devices = devices.HostDevices()
     # A detached copy of the host's /dev/null outlives pivot_root (the old root it came from does not):
     # masked files are bound from it, so nothing the image puts at /dev/null is ever used.
     host_null = _open_null_device("/dev/null", os.open)
@@ -428,10 +433,10 @@ def prepare_rootfs(plan: RootfsPlan, *, console_path: str | None = None) -> None
         existing = paths.lstat_in_root(plan.root_fd, "/dev")
         if existing is not None and stat.S_ISLNK(existing.st_mode):
             raise RootfsError("create devices: /dev is a symlink")
-        devices.create_devices(plan.root_fd, plan.devices, bind=plan.userns)
-        devices.create_dev_symlinks(plan.root_fd, kcore=plan.kcore)
+        devices.create_devices(plan.root_fd, plan.devices, bind=plan.userns, host=host_devices)
+        devices.create_dev_symlinks(plan.root_fd, kcore=plan.kcore, host=host_devices)
     if console_path:
-        devices.bind_console(plan.root_fd, console_path)
+        devices.bind_console(plan.root_fd, console_path, host_devices)
 
 
 def mount_console(plan: RootfsPlan, slave: str | int) -> None:
@@ -439,7 +444,7 @@ def mount_console(plan: RootfsPlan, slave: str | int) -> None:
 
     ``slave`` is the slave's fd (e.g. from TIOCGPTPEER), ``/proc/self/fd/<n>`` or a host path.
     """
-    devices.bind_console(plan.root_fd, slave)
+    devices.bind_console(plan.root_fd, slave, plan.host_devices or devices.HostDevices())
 
 
 def open_ptmx(plan: RootfsPlan) -> int:
@@ -508,6 +513,8 @@ def _mount_one(plan: RootfsPlan, mount: MountPlan) -> None:
         try:
             tree = _make_tree(mount, target, inherit_mode=existed)
             try:
+                if mount.fstype == "devtmpfs" and plan.host_devices is not None:
+                    plan.host_devices.add_filesystem(tree)
                 if existed and mount.copy_up:
                     _copy_up(mount, target, tree)
                 _attach_tree(mount, tree, target)
