@@ -61,6 +61,31 @@ def recv_fd(sock) -> int:
     raise OSError("no file descriptor received")
 
 
+def clear_onlcr(fd: int) -> None:
+    """Stop the pty turning "\n" into "\r\n" (on by default), as runc does for the pty it relays: the
+    caller's own terminal translates once more on output, so relayed text keeps single line ends and a
+    file the relay writes to gets what the process wrote."""
+    import termios
+
+    attrs = termios.tcgetattr(fd)
+    attrs[1] &= ~termios.ONLCR
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def give_to(slave: int, uid: int) -> None:
+    """Make the process's user the owner of its terminal (the group stays devpts's), as runc does.
+
+    By fd: the pty lives in the container's devpts, and no path is looked up that could be the host's /dev.
+    A uid the user namespace doesn't map (EINVAL) or an owner it can't change (EPERM) leaves the owner as
+    it is, as with runc."""
+    try:
+        if os.fstat(slave).st_uid != uid:
+            os.fchown(slave, uid, -1)
+    except OSError as err:
+        if err.errno not in (1, 22, 30):  # EPERM, EINVAL, EROFS
+            raise
+
+
 def become_session_leader_on(slave: int) -> None:
     """Make the pty the controlling terminal and the process's stdio."""
     os.setsid()
@@ -82,7 +107,7 @@ def copy_window_size(src_fd: int, dst_fd: int) -> None:
 
 
 def relay(master: int, child_pid: int) -> int:
-    """Relay stdio to the pty until the child exits; return its wait status."""
+    """Relay stdio to the pty until the child exits and its output is drained; return its wait status."""
     import _signal as signal  # the C module: "signal" pulls in enum (~5 ms)
     import select
     import termios
@@ -92,15 +117,23 @@ def relay(master: int, child_pid: int) -> int:
     saved = termios.tcgetattr(0) if stdin_tty else None
     if stdin_tty:
         tty.setraw(0)
+        # Raw for input only, like runc: the caller's terminal still turns the process's "\n" into
+        # "\r\n" (the container's pty no longer does, see clear_onlcr).
+        attrs = termios.tcgetattr(0)
+        attrs[1] = saved[1]  # type: ignore[index]
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
         copy_window_size(0, master)
     signal.signal(signal.SIGWINCH, lambda *_: copy_window_size(0, master) if stdin_tty else None)
     stdin_open = True
     status = None
     try:
         while True:
-            done, wstatus = os.waitpid(child_pid, os.WNOHANG)
-            if done:
-                status = wstatus
+            # Reaped once: output may still be pending after the exit, and a second waitpid on the
+            # reaped child would fail with ECHILD.
+            if status is None:
+                done, wstatus = os.waitpid(child_pid, os.WNOHANG)
+                if done:
+                    status = wstatus
             fds = [master] + ([0] if stdin_open else [])
             try:
                 readable, _, _ = select.select(fds, [], [], 0.05)
@@ -109,18 +142,21 @@ def relay(master: int, child_pid: int) -> int:
             if master in readable:
                 try:
                     data = os.read(master, 65536)
-                except OSError:
+                except OSError:  # EIO: every copy of the pty's other side is closed
                     data = b""
                 if data:
-                    os.write(1, data)
+                    _write_all(1, data)
                     continue
                 if status is None:
                     _, status = os.waitpid(child_pid, 0)
                 return status
             if 0 in readable:
-                data = os.read(0, 65536)
+                try:
+                    data = os.read(0, 65536)
+                except OSError:
+                    data = b""
                 if data:
-                    os.write(master, data)
+                    _write_all(master, data)
                 else:
                     stdin_open = False
                     os.write(master, b"\x04")
@@ -129,3 +165,15 @@ def relay(master: int, child_pid: int) -> int:
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [])
+            continue
+        data = data[written:]

@@ -250,6 +250,7 @@ def receive_console(parent: Channel, fd_pair) -> int:
     parent.expect("console")
     master = console.recv_fd(fd_pair[0])
     console.copy_window_size(0, master)
+    console.clear_onlcr(master)
     return master
 
 
@@ -516,8 +517,9 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
     cwd_entered = process.enter_cwd(proc, as_process_user=False)
     executable = process.find_executable(proc)
     if console_slave is not None:
-        from ocirt.console import TIOCSCTTY
+        from ocirt.console import TIOCSCTTY, give_to
 
+        give_to(console_slave, proc.uid)
         fcntl.ioctl(console_slave, TIOCSCTTY, 0)
         for target in (0, 1, 2):
             os.dup2(console_slave, target)

@@ -302,3 +302,133 @@ def test_the_relay_restores_the_callers_terminal_mode(make_bundle, user):
     finally:
         os.close(slave)
         os.close(master)
+
+
+# -- the relay against runc's: exit with output pending, line ends, the owner of the pty ----------------------
+def test_the_relay_drains_output_still_pending_when_the_process_exits(make_bundle, user):
+    # The process exits while most of its output is still in the pty: the relay reaps it once and keeps
+    # reading until the pty is empty (a second waitpid was an ECHILD "internal error", by timing).
+    lines = 20000
+    bundle = make_bundle(user=user, args=["sh", "-c", f"seq {lines}; exit 7"], terminal=True)
+    bundle.write()
+    for attempt in range(4):
+        proc, master = start_on_pty(bundle, ["run", "--bundle", bundle.path, f"{bundle.id}"])
+        try:
+            output = read_to_end(master, timeout=30)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+        assert b"internal error" not in output, output[-300:]
+        assert code == 7, (attempt, output[-300:])
+        assert output.endswith(f"{lines}\r\n".encode()), (attempt, output[-100:])
+        assert output.count(b"\n") == lines, attempt
+
+
+def test_the_relay_leaves_line_ends_to_the_callers_terminal(make_bundle, user, test_dir):
+    # runc clears ONLCR on the pty it relays: what the process writes arrives unchanged, and the caller's
+    # own terminal (still translating on output) shows it with one "\r\n".
+    bundle = make_bundle(user=user, args=["sh", "-c", "printf 'a\\nb\\n'; stty -a"], terminal=True)
+    bundle.write()
+    proc, master = start_on_pty(bundle, ["run", "--bundle", bundle.path, bundle.id])
+    code, on_terminal = proc.wait(timeout=20), read_to_end(master, timeout=10)
+    os.close(master)
+    assert code == 0, on_terminal
+    assert on_terminal.startswith(b"a\r\nb\r\n"), on_terminal
+    assert b"-onlcr" in on_terminal, "the container's pty does not translate line ends"
+
+    # With the output going to a file and only the input a terminal, the file gets the bytes as written.
+    bundle.delete(force=True)
+    out = test_dir / "relayed.out"
+    master, slave = pty.openpty()
+    command = [bundle.runtime_path or helpers.runtime_path(), "--root", str(bundle.root), "run", "--bundle",
+               str(bundle.path), bundle.id]
+    identity: dict = {}
+    if bundle.user is not None:
+        identity = {"user": bundle.user.uid, "group": bundle.user.gid, "extra_groups": [], "cwd": bundle.user.home}
+    with open(out, "wb") as sink:
+        if bundle.user is not None:
+            os.fchown(sink.fileno(), bundle.user.uid, bundle.user.gid)
+        try:
+            code = subprocess.run(command, stdin=slave, stdout=sink, stderr=sink, env=helpers.base_env(bundle.user),
+                                  start_new_session=True, timeout=20, **identity).returncode
+        finally:
+            os.close(slave)
+            os.close(master)
+    assert code == 0, out.read_bytes()
+    assert out.read_bytes().startswith(b"a\nb\n"), out.read_bytes()
+
+
+def test_a_pty_handed_to_the_console_socket_keeps_onlcr(make_bundle, user):
+    # As with runc and crun: the engine that receives the master decides how to read it.
+    bundle = make_bundle(user=user, args=["sh", "-c", "printf 'a\\n'"], terminal=True)
+    console = ConsoleSocket(bundle.path)
+    master = None
+    try:
+        assert bundle.create("--console-socket", console.path).returncode == 0
+        master = console.receive_master()
+        assert termios.tcgetattr(master)[1] & termios.ONLCR
+        assert bundle.start().returncode == 0
+        assert read_until(master, b"a\r\n")
+    finally:
+        if master is not None:
+            os.close(master)
+        console.close()
+        bundle.delete(force=True)
+
+
+OWNER_OF_THE_TERMINAL = ["sh", "-c", "stat -c owner=%u:%g $(tty)"]
+
+
+@pytest.fixture(params=["root", "rootless-subids"])
+def mapped_user(request) -> helpers.UnprivilegedUser | None:
+    """Root, or a rootless user whose subordinate ids give the container a uid 1000 to switch to."""
+    if request.param == "rootless-subids":
+        return request.getfixturevalue("subid_user")
+    return None
+
+
+def test_the_init_pty_belongs_to_the_process_user(make_bundle, mapped_user):
+    bundle = make_bundle(user=mapped_user, args=OWNER_OF_THE_TERMINAL, terminal=True)
+    if mapped_user is not None:
+        helpers.use_subid_maps(bundle.config, mapped_user)
+    bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    console = ConsoleSocket(bundle.path)
+    master = None
+    try:
+        result = bundle.create("--console-socket", console.path)
+        assert result.returncode == 0, result.stderr
+        master = console.receive_master()
+        assert bundle.start().returncode == 0
+        seen = read_until(master, b"\r\n")
+        assert b"owner=1000:" in seen, "runc gives the pty to process.user"
+        if mapped_user is None:
+            # devpts's group (tty, gid 5, as the config mounts it) stays: runc changes only the owner.
+            assert b"owner=1000:5\r\n" in seen, seen
+    finally:
+        if master is not None:
+            os.close(master)
+        console.close()
+        bundle.delete(force=True)
+
+
+def test_an_exec_pty_belongs_to_the_exec_user(make_bundle, mapped_user):
+    bundle = make_bundle(user=mapped_user, args=["sleep", "600"])
+    if mapped_user is not None:
+        helpers.use_subid_maps(bundle.config, mapped_user)
+    assert bundle.run("-d").returncode == 0
+    console = ConsoleSocket(bundle.path)
+    master = None
+    try:
+        result = bundle.runtime(["exec", "-t", "-d", "--console-socket", console.path, "--user", "1000:1000",
+                                 bundle.id, *OWNER_OF_THE_TERMINAL])
+        assert result.returncode == 0, result.stderr
+        master = console.receive_master()
+        assert b"owner=1000:" in read_until(master, b"owner=1000:")
+    finally:
+        if master is not None:
+            os.close(master)
+        console.close()
+        bundle.delete(force=True)
