@@ -31,8 +31,6 @@ UNIFIED = "unified"
 STATE_VERSION = 1
 DEVICES_ROOTLESS_NOTICE = ("devices cgroup rules are not applied in rootless mode; "
                            "the user namespace already forbids mknod")
-# Controllers a pure-v2 container gets even without limits, so stats and later updates work.
-_V2_DEFAULT_CONTROLLERS = ("cpu", "memory", "pids", "io", "cpuset", "hugetlb")
 # The directory listed by pids(): the first of these the manager has.
 _PIDS_SOURCES = ("pids", "freezer", "memory", "cpu", "cpuacct", "blkio", "cpuset", "devices", "name=systemd", UNIFIED)
 
@@ -193,7 +191,8 @@ def _fix_hint(user: str, controllers: list[str]) -> str:
 class _Resolver:
     """Turns (cgroupsPath, rootless) into one directory per hierarchy."""
 
-    def __init__(self, container_id: str, cgroups_path: str | None, rootless: bool):
+    def __init__(self, container_id: str, cgroups_path: str | None, rootless: bool, pure_v2: bool = False):
+        self.pure_v2 = pure_v2
         self.inner = _clean(cgroups_path) if cgroups_path else container_id
         if self.inner in ("", "/"):
             raise CgroupError(f"cgroupsPath {cgroups_path!r} names the root cgroup; a container needs its own")
@@ -203,6 +202,10 @@ class _Resolver:
 
     def base(self, mount: Mount, key: str) -> str | None:
         own_dir = _own_dir(mount, self.own.get(key))
+        if key == UNIFIED and self.pure_v2 and own_dir != mount.mountpoint.rstrip("/"):
+            # As runc: beside our own cgroup, not in it. On v2 a cgroup that holds processes (ours does)
+            # can give no controller to its children.
+            own_dir = posixpath.dirname(own_dir)
         if not self.rootless:
             return own_dir
         if _owned(own_dir):
@@ -230,14 +233,14 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
                  resources: dict | None) -> Manager:
     mode = detect_mode()
     table = mounts()
-    resolver = _Resolver(container_id, cgroups_path, rootless)
+    resolver = _Resolver(container_id, cgroups_path, rootless, pure_v2=mode == "v2")
     notices: list[str] = []
     paths: dict[str, str] = {}
     skipped: list[str] = []
 
     v1_resources, unified_resources = _split_resources(mode, table, resources)
     if mode == "v2":
-        steps_v2 = v2.plan(resources, notices)
+        steps_v2 = v2.plan(resources, notices, rootless=rootless)
         assert table.v2 is not None
         directory = resolver.directory(table.v2, UNIFIED)
         if directory is None or (rootless and not fs.writable(directory, ancestor_procs=True)):
@@ -248,6 +251,8 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
             notices.append(f"no cgroup is delegated to user {resolver.user}: cgroup limits are not applied")
         else:
             paths[UNIFIED] = directory
+            if rootless:
+                _report_undelegated(directory, v2.controllers_needed(steps_v2), resolver.user, notices)
         return Manager(container_id, mode, rootless, paths, table.v2.mountpoint, resources, notices)
 
     steps_v1 = v1.plan(v1_resources, notices)
@@ -289,6 +294,22 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
                                   f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")
             paths[UNIFIED] = directory
     return Manager(container_id, mode, rootless, paths, v2_mountpoint, resources, notices)
+
+
+def _report_undelegated(directory: str, needed: set[str], user: str, notices: list[str]) -> None:
+    """Rootless v2: refuse limits on controllers the user was not given, and say which ones it lacks."""
+    base = directory
+    while not os.path.isdir(base) and posixpath.dirname(base) != base:
+        base = posixpath.dirname(base)
+    missing = v2.missing_for_user(base)
+    if not missing:
+        return
+    hint = v2._delegation_hint(base)
+    refused = sorted(needed & set(missing))
+    if refused:
+        raise CgroupError(f"cannot apply {', '.join(refused)} limits: user {user} was not given the "
+                          f"{', '.join(refused)} controller{'s' if len(refused) > 1 else ''} in {base}{hint}")
+    notices.append(f"cgroup controllers not delegated to user {user}, so not used: {' '.join(missing)}{hint}")
 
 
 def _split_resources(mode: str, table: _MountTable, resources: dict | None) -> tuple[dict | None, dict | None]:
@@ -358,12 +379,6 @@ class Manager:
                 self._check_safe(directory)
                 on_new = v1.copy_cpuset_from_parent if key == "cpuset" else None
                 fs.make_dirs(directory, created, on_new)
-            if self.mode == "v2" and UNIFIED in self._paths:
-                available = set((fs.read_or_none(posixpath.dirname(self._paths[UNIFIED]),
-                                                 "cgroup.controllers") or "").split())
-                wanted = {name for name in _V2_DEFAULT_CONTROLLERS if name in available}
-                if not self.rootless:
-                    v2.enable_controllers(self._v2_mount or "", self._paths[UNIFIED], wanted)
             # open_manager already reported this plan's notices; a second copy would only repeat them.
             self._write(self._resources, [])
         except BaseException:
@@ -389,13 +404,14 @@ class Manager:
             return
         table = mounts()
         if self.mode == "v2":
-            steps = v2.plan(resources, notices)
+            steps = v2.plan(resources, notices, rootless=self.rootless)
             directory = self._paths.get(UNIFIED)
             if directory is None:
                 if steps:
                     raise CgroupError("cannot apply cgroup limits: the container has no cgroup")
                 return
-            v2.enable_controllers(self._v2_mount or "", directory, v2.controllers_needed(steps))
+            v2.enable_controllers(self._v2_mount or "", directory, v2.controllers_needed(steps),
+                                  rootless=self.rootless)
             v2.write_steps(steps, directory)
             return
         v1_part, unified_part = _split_resources(self.mode, table, resources)

@@ -6,7 +6,7 @@ import os
 import time
 
 from ocirt.cgroups import fs
-from ocirt.errors import CgroupError
+from ocirt.errors import CgroupError, why
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,12 +54,20 @@ def _device(entry: dict) -> str:
     return f"{int(entry['major'])}:{int(entry['minor'])}"
 
 
-def plan(resources: dict | None, notices: list[str]) -> list[Step]:
+def plan(resources: dict | None, notices: list[str], *, rootless: bool = False) -> list[Step]:
     steps: list[Step] = []
     if not resources:
         return steps
     if resources.get("devices"):
-        notices.append("devices cgroup rules are not applied on cgroup v2 (they need an eBPF program)")
+        if rootless:
+            notices.append("devices cgroup rules are not applied in rootless mode; "
+                           "the user namespace already forbids mknod")
+        else:
+            # Checked now, so a bad rule fails before anything is made; compiled and attached last.
+            from ocirt.cgroups import ebpf
+
+            ebpf.compile_rules(list(resources["devices"]))
+            steps.append(("", "@devices", list(resources["devices"])))
 
     memory = resources.get("memory") or {}
     limit = int(memory.get("limit") or 0)
@@ -156,6 +164,10 @@ def write_steps(steps: list[Step], directory: str) -> None:
                     continue
                 raise CgroupError(f"cannot set memory.swap.max to {value}: the kernel has no swap accounting")
             fs.write(directory, "memory.swap.max", value)
+        elif name == "@devices":
+            from ocirt.cgroups import ebpf
+
+            ebpf.apply(directory, value)
         elif name == "@weight":
             if fs.exists(directory, "io.bfq.weight"):
                 fs.write(directory, "io.bfq.weight", str(value))
@@ -175,8 +187,13 @@ def controllers_needed(steps: list[Step]) -> set[str]:
     return {controller for controller, _name, _value in steps if controller}
 
 
-def enable_controllers(mount_root: str, directory: str, controllers: set[str]) -> None:
-    """Turn the controllers on in every ancestor's subtree_control, top-down, so `directory` gets their files."""
+def enable_controllers(mount_root: str, directory: str, controllers: set[str], *, rootless: bool = False) -> None:
+    """Turn the controllers on in every ancestor's subtree_control, top-down, so `directory` gets their files.
+
+    Only the ones asked for, and only where they are not on yet: a cgroup with processes of its own
+    refuses any change to its subtree_control (v2's no-internal-processes rule), so touching an ancestor
+    that already offers a controller could only fail.
+    """
     if not controllers:
         return
     relative = os.path.relpath(directory, mount_root)
@@ -187,10 +204,63 @@ def enable_controllers(mount_root: str, directory: str, controllers: set[str]) -
         enabled = set((fs.read_or_none(current, "cgroup.subtree_control") or "").split())
         for controller in sorted(controllers - enabled):
             if controller not in available:
-                raise CgroupError(f"cannot enable the {controller} controller in {current}: "
-                                  f"it is not available there (cgroup.controllers: {' '.join(sorted(available))})")
-            fs.write(current, "cgroup.subtree_control", f"+{controller}")
+                raise CgroupError(f"cannot use the {controller} controller for {directory}: {current} does not "
+                                  f"offer it (cgroup.controllers: {' '.join(sorted(available)) or 'none'})"
+                                  + (_delegation_hint(current) if rootless else ""))
+            if current != mount_root and fs.procs_in(current):
+                # The kernel refuses domain controllers here (EBUSY), and for threaded ones (pids,
+                # cpu) it leaves the child unable to take any process (EOPNOTSUPP): say why up front.
+                raise CgroupError(f"cannot enable the {controller} controller for {directory}: {current} holds "
+                                  f"processes ({' '.join(map(str, fs.procs_in(current)[:5]))}) and cgroup v2 gives "
+                                  "controllers only to the children of a cgroup without processes (EBUSY on "
+                                  f"{current}/cgroup.subtree_control); use a cgroupsPath beside it")
+            _enable(current, controller, directory)
         current = os.path.join(current, part)
+
+
+def _enable(parent: str, controller: str, directory: str) -> None:
+    path = os.path.join(parent, "cgroup.subtree_control")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, f"+{controller}".encode())
+        finally:
+            os.close(fd)
+    except OSError as err:
+        import errno
+
+        name = errno.errorcode.get(err.errno or 0, str(err.errno))
+        reason = {
+            errno.EBUSY: f"{parent} holds processes of its own, and cgroup v2 gives controllers only to the "
+                         "children of a cgroup without processes",
+            errno.EACCES: f"uid {os.geteuid()} may not write it" + _delegation_hint(parent),
+            errno.EPERM: f"uid {os.geteuid()} may not write it" + _delegation_hint(parent),
+            errno.EOPNOTSUPP: f"{parent} is threaded or the controller cannot be enabled there",
+            errno.ENOENT: f"the kernel has no {controller} controller",
+        }.get(err.errno or 0, why(err))
+        raise CgroupError(f"cannot enable the {controller} controller for {directory}: writing +{controller} to "
+                          f"{path} failed with {name}: {reason}") from None
+
+
+def _delegation_hint(directory: str) -> str:
+    """Why an unprivileged user lacks a controller: systemd hands user@UID.service only what Delegate= says."""
+    marker = "/user@"
+    if marker not in directory:
+        return ""
+    service = directory[directory.index(marker) + 1:].split("/", 1)[0]
+    return (f"; systemd delegates to {service} only the controllers its Delegate= names (by default cpu memory "
+            "pids): io and cpuset need a drop-in such as /etc/systemd/system/user@.service.d/delegate.conf with "
+            "[Service] Delegate=cpu cpuset io memory pids")
+
+
+def missing_for_user(base: str) -> list[str]:
+    """Controllers the root offers but the delegated cgroup `base` does not get."""
+    mount_root = base
+    while os.path.dirname(mount_root) != mount_root and fs.exists(os.path.dirname(mount_root), "cgroup.controllers"):
+        mount_root = os.path.dirname(mount_root)
+    everything = set((fs.read_or_none(mount_root, "cgroup.controllers") or "").split())
+    offered = set((fs.read_or_none(base, "cgroup.controllers") or "").split())
+    return sorted(everything - offered)
 
 
 def freeze(directory: str, timeout: float = 5.0) -> None:

@@ -116,5 +116,5 @@ def test_missing_controller_is_reported(v2_manager):
     available = (fs.read_or_none(cgroups.mounts().v2.mountpoint, "cgroup.controllers") or "").split()
     if "pids" in available:
         pytest.skip("pids is available in cgroup2 here")
-    with pytest.raises(cgroups.CgroupError, match="cannot enable the pids controller .* not available"):
+    with pytest.raises(cgroups.CgroupError, match="cannot use the pids controller .* does not offer it"):
         manager.update({"pids": {"limit": 5}})
