@@ -101,6 +101,7 @@ def test_v2_plan_maps_to_unified_files():
         "unified": {"memory.high": "50M"},
     }, notices)
     assert steps == [
+        ("", "@devices", [{"allow": False, "access": "rwm"}]),
         ("memory", "@swap", str(32 * MiB)),
         ("memory", "memory.max", str(64 * MiB)),
         ("memory", "memory.low", str(MiB)),
@@ -116,8 +117,10 @@ def test_v2_plan_maps_to_unified_files():
         ("memory", "memory.high", "50M"),
     ]
     assert v2.controllers_needed(steps) == {"memory", "cpu", "cpuset", "pids", "io", "hugetlb"}
-    assert any("devices" in notice for notice in notices)
     assert any("swappiness" in notice for notice in notices)
+    rootless_notices: list[str] = []
+    assert v2.plan({"devices": [{"allow": False, "access": "rwm"}]}, rootless_notices, rootless=True) == []
+    assert any("devices" in notice for notice in rootless_notices)
 
 
 def test_v2_refuses_realtime_and_cgroup_procs():
