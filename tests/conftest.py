@@ -40,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rootless: runs the runtime as an unprivileged test user")
     config.addinivalue_line("markers", "engines: drives podman/containerd/docker (needs `scripts/bootstrap "
                                        "--engines`; .ci/run runs these too)")
+    config.addinivalue_line("markers", "v2host: needs a pure cgroup v2 host with systemd; `scripts/test --v2` "
+                                       "runs these in the QEMU guest scripts/v2host boots (.ci/run does too)")
 
 
 _cgroups_at_start: set[Path] = set()
