@@ -69,7 +69,7 @@ global options:
   --root DIR          state directory (default /run/ocirt, rootless $XDG_RUNTIME_DIR/ocirt)
   --log FILE          append log lines to FILE      --log-format text|json
   --debug             log debug lines               --rootless auto|true|false
-  --systemd-cgroup    (no systemd driver yet: refused)
+  --systemd-cgroup    the container's cgroup is a systemd scope (cgroupsPath slice:prefix:name)
   --version           print the version
 """
 
@@ -135,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             log.config.quiet_stderr = True
         if opts.get("log_format", "text") not in ("text", "json"):
             raise UsageError(f"invalid --log-format {opts['log_format']!r}: use text or json")
-        if opts.get("systemd_cgroup"):
-            raise OcirtError("--systemd-cgroup: ocirt has no systemd cgroup driver yet; use the cgroupfs "
-                             "driver (leave the flag out)")
         handler = _HANDLERS.get(command)
         if handler is None:
             raise UsageError(f"unknown command {command!r}; run `ocirt --help`")
@@ -250,6 +247,7 @@ def _create_options(opts: dict, cmd: dict, positional: list[str], command: str, 
         no_pivot=bool(cmd.get("no_pivot")), no_new_keyring=bool(cmd.get("no_new_keyring")),
         preserve_fds=preserve + listen_fds, rootless=rootless_mode(opts), detach=detach,
         relay_console=not detach and not cmd.get("console_socket"), listen_fds=listen_fds,
+        systemd_cgroup=bool(opts.get("systemd_cgroup")),
     )
 
 

@@ -17,7 +17,7 @@ class CreateOptions:
     def __init__(self, *, root: str, container_id: str, bundle: str | None = None, pid_file: str | None = None,
                  console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
                  preserve_fds: int = 0, rootless: bool = False, detach: bool = True,
-                 relay_console: bool = False, listen_fds: int = 0):
+                 relay_console: bool = False, listen_fds: int = 0, systemd_cgroup: bool = False):
         self.root = root
         self.container_id = container_id
         self.bundle = os.path.abspath(bundle or ".")
@@ -31,6 +31,7 @@ class CreateOptions:
         self.relay_console = relay_console
         # How many of the preserved fds are systemd socket-activation fds (LISTEN_FDS), counted in preserve_fds.
         self.listen_fds = listen_fds
+        self.systemd_cgroup = systemd_cgroup
 
 
 # -- config ---------------------------------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def create(opts: CreateOptions):
         from ocirt import cgroups
 
         cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
-                                      resources=_with_default_device_rules(linux))
+                                      resources=_with_default_device_rules(linux),
+                                      systemd=opts.systemd_cgroup, annotations=config.get("annotations"))
         # Rootless, skipping an undelegated controller is the expected case: a notice in the log.
         for notice in cgroup.notices:
             if opts.rootless:

@@ -230,7 +230,12 @@ class _Resolver:
 
 
 def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
-                 resources: dict | None) -> Manager:
+                 resources: dict | None, systemd: bool = False, annotations: dict | None = None) -> Manager:
+    if systemd:
+        from ocirt.cgroups.systemd import open_systemd_manager
+
+        return open_systemd_manager(container_id, cgroups_path, rootless=rootless, resources=resources,
+                                    annotations=annotations)
     mode = detect_mode()
     table = mounts()
     resolver = _Resolver(container_id, cgroups_path, rootless, pure_v2=mode == "v2")
@@ -328,6 +333,10 @@ def _split_resources(mode: str, table: _MountTable, resources: dict | None) -> t
 def load_manager(saved: dict) -> Manager:
     if saved.get("version") != STATE_VERSION:
         raise CgroupError(f"unsupported cgroup state version {saved.get('version')!r}")
+    if saved.get("driver") == "systemd":
+        from ocirt.cgroups.systemd import load_systemd_manager
+
+        return load_systemd_manager(saved)
     return Manager(saved["container_id"], saved["mode"], bool(saved["rootless"]), dict(saved["paths"]),
                    saved.get("v2_mount"), None, [])
 

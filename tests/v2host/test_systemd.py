@@ -1,0 +1,99 @@
+"""The systemd cgroup driver: `--systemd-cgroup` with runc's slice:prefix:name, a transient scope over
+D-Bus (the system bus as root, the user's own bus as the lingering user) with the limits as unit
+properties, annotations passed through, the scope gone after delete."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from .conftest import MODE, run
+
+MiB = 1 << 20
+SYSTEMD = ("--systemd-cgroup",)
+LIMITS = {"memory": {"limit": 64 * MiB}, "pids": {"limit": 32}, "cpu": {"quota": 50000, "period": 100000}}
+
+
+def systemctl(caller, *args: str) -> subprocess.CompletedProcess[str]:
+    scope = ["--user"] if caller.rootless else []
+    return subprocess.run(["systemctl", *scope, *args], capture_output=True, text=True, timeout=60)
+
+
+def show(caller, unit: str, *names: str) -> dict[str, str]:
+    out = systemctl(caller, "show", unit, *(f"--property={name}" for name in names)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def slice_for(caller) -> str:
+    return "user.slice" if caller.rootless else "system.slice"
+
+
+@pytest.mark.parametrize("given", ["slice:prefix:name", "absent"])
+def test_scope_with_limits_as_properties_and_in_the_files(v2bundle, caller, given):
+    read_back = ("cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max"
+                 if MODE == "v2" else "true")
+    bundle = v2bundle(["sh", "-c", f"{read_back}; sleep 600"], resources=LIMITS,
+                      cgroups_path=None if given == "absent" else "")
+    unit = f"ocirt-{bundle.id}.scope"
+    if given != "absent":
+        bundle.config["linux"]["cgroupsPath"] = f"{slice_for(caller)}:ocirt:{bundle.id}"
+    bundle.config["annotations"] = {"org.systemd.property.TimeoutStopSec": "7",
+                                    "org.systemd.property.CollectMode": "'inactive-or-failed'"}
+    bundle.write()
+    out = bundle.path / "out"
+    result = bundle.runtime(["run", "-d", "--bundle", str(bundle.path), bundle.id], global_args=SYSTEMD,
+                            stdout=out)
+    assert result.returncode == 0, result.stderr
+    try:
+        props = show(caller, unit, "ActiveState", "Delegate", "Slice", "MemoryMax", "MemoryLimit", "TasksMax",
+                     "CPUQuotaPerSecUSec", "TimeoutStopUSec", "CollectMode", "ControlGroup")
+        assert props["ActiveState"] == "active" and props["Delegate"] == "yes", props
+        assert props["Slice"] == slice_for(caller)
+        assert props["MemoryMax" if MODE == "v2" else "MemoryLimit"] == str(64 * MiB)
+        assert props["TasksMax"] == "32" and props["CPUQuotaPerSecUSec"] == "500ms"
+        assert props["TimeoutStopUSec"] == "7s" and props["CollectMode"] == "inactive-or-failed"
+        assert props["ControlGroup"].endswith(f"/{slice_for(caller)}/{unit}")
+        if MODE == "v2":
+            import helpers
+
+            assert helpers.wait_for(lambda: len(out.read_text().split()) >= 4, timeout=30)
+            assert out.read_text().split() == [str(64 * MiB), "32", "50000", "100000"]
+        pids = bundle.runtime(["ps", bundle.id, "--format", "json"], global_args=SYSTEMD)
+        assert pids.returncode == 0 and pids.stdout.strip() != "[]", pids
+    finally:
+        deleted = bundle.runtime(["delete", "--force", bundle.id], global_args=SYSTEMD)
+    assert deleted.returncode == 0, deleted.stderr
+    assert show(caller, unit, "LoadState").get("LoadState") in ("not-found", None)
+
+
+def test_run_to_completion_and_the_scope_goes(v2bundle, caller):
+    bundle = v2bundle(["true"], resources={"pids": {"limit": 16}})
+    bundle.config["linux"]["cgroupsPath"] = f"{slice_for(caller)}:ocirt:{bundle.id}"
+    bundle.write()
+    result = run(bundle, global_args=SYSTEMD)
+    assert result.returncode == 0, result.stderr
+    assert show(caller, f"ocirt-{bundle.id}.scope", "LoadState").get("LoadState") in ("not-found", None)
+
+
+@pytest.mark.parametrize("path,message", [
+    ("system.slice/x", "expected slice:prefix:name"),
+    ("notaslice:ocirt:x", "is not a slice"),
+    ("a--b.slice:ocirt:x", "invalid slice name"),
+])
+def test_bad_paths_are_refused_cleanly(v2bundle, path, message):
+    bundle = v2bundle(["true"])
+    bundle.config["linux"]["cgroupsPath"] = path
+    bundle.write()
+    result = run(bundle, global_args=SYSTEMD)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "internal error" not in result.stderr
+    assert not (bundle.root / bundle.id).exists()
+
+
+def test_bad_annotation_is_refused(v2bundle):
+    bundle = v2bundle(["true"])
+    bundle.config["annotations"] = {"org.systemd.property.lower": "1"}
+    bundle.write()
+    result = run(bundle, global_args=SYSTEMD)
+    assert result.returncode != 0 and "systemd property name" in result.stderr, result.stderr
