@@ -46,7 +46,7 @@ def features() -> dict:
         "linux": {
             "namespaces": list(NAMESPACES),
             "capabilities": list(CAPABILITIES),
-            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
+            "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": True, "rdma": False},
             "seccomp": {
                 "enabled": True,
                 "actions": list(SECCOMP_ACTIONS),
@@ -66,7 +66,26 @@ def features() -> dict:
                 "flags": ["MPOL_F_NUMA_BALANCING", "MPOL_F_RELATIVE_NODES", "MPOL_F_STATIC_NODES"],
             },
         },
+        # Annotations that change what the runtime does to the host: systemd unit properties.
+        "potentiallyUnsafeConfigAnnotations": ["org.systemd.property."],
         "annotations": {
             "io.github.ocirt.version": __import__("ocirt").__version__,
+            **_host_annotations(),
         },
     }
+
+
+def _host_annotations() -> dict[str, str]:
+    """What this host gives the cgroup drivers: the hierarchy, how device rules are enforced, systemd."""
+    import os
+
+    from ocirt import cgroups
+    from ocirt.errors import CgroupError
+
+    try:
+        mode = cgroups.detect_mode()
+    except CgroupError:
+        return {"io.github.ocirt.cgroup.mode": "none"}
+    devices = "ebpf" if mode == "v2" else "v1-devices-controller"
+    return {"io.github.ocirt.cgroup.mode": mode, "io.github.ocirt.cgroup.devices": devices,
+            "io.github.ocirt.systemd": "running" if os.path.isdir("/run/systemd/system") else "absent"}
