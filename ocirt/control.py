@@ -98,6 +98,13 @@ def parse_resources(text: str | bytes, source: str) -> dict:
                                                     for k, v in unified.items()):
             raise OcirtError(f"{source}: unified must map file names to strings")
         resources["unified"] = dict(unified)
+    devices = data.get("devices")
+    if devices is not None:
+        # The whole new rule list: on cgroup v2 it replaces the device program.
+        if not isinstance(devices, list) or not all(isinstance(rule, dict) and isinstance(rule.get("allow"), bool)
+                                                    for rule in devices):
+            raise OcirtError(f"{source}: devices must be a list of rules, each with a boolean allow")
+        resources["devices"] = [dict(rule) for rule in devices]
     return resources
 
 

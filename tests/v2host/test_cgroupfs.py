@@ -87,7 +87,7 @@ def test_memory_reservation_is_memory_low_and_unified_sets_high(v2bundle, test_d
 def test_pids_max_stops_forks(v2bundle):
     # The shell itself and its sleeps fill the limit: read the files once they are gone.
     bundle = v2bundle(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 2 & done 2>/dev/null; "
-                       "cat /sys/fs/cgroup/pids.current; wait; grep max /sys/fs/cgroup/pids.events"],
+                       "read n < /sys/fs/cgroup/pids.current; echo $n; wait; grep max /sys/fs/cgroup/pids.events"],
                       resources={"pids": {"limit": 5}})
     result = run(bundle)
     current, events = result.stdout.split("\n")[:2]
