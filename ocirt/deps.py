@@ -20,6 +20,8 @@ REQUIREMENTS = {
     "jsonschema": ("jsonschema", (4, 18), "explaining schema errors",
                    f"{_BOOTSTRAP}, or pip install 'jsonschema>=4.18'"),
     "pyroute2": ("pyroute2", (0, 7), "linux.netDevices", f"{_BOOTSTRAP}, or pip install 'pyroute2>=0.7'"),
+    # D-Bus for the systemd cgroup driver (--systemd-cgroup).
+    "jeepney": ("jeepney", (0, 7), "the systemd cgroup driver", f"{_BOOTSTRAP}, or pip install 'jeepney>=0.7'"),
     # libseccomp's own binding, shipped by Debian only (not on PyPI).
     "seccomp": ("seccomp", None, "linux.seccomp", "apt-get install python3-seccomp"),
 }

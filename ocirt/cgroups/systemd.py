@@ -234,6 +234,9 @@ class Bus:
     def __init__(self, rootless: bool):
         import socket
 
+        from ocirt.deps import require
+
+        require("jeepney")
         from jeepney.io.blocking import DBusConnection
 
         address = _bus_address(rootless)
