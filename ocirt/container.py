@@ -180,7 +180,9 @@ def create(opts: CreateOptions):
         runtime_hook_kinds = [k for k in ("prestart", "createRuntime") if (config.get("hooks") or {}).get(k)]
 
         def runtime_hooks(init_pid: int) -> None:
-            state = dict(plan.hook_state, pid=init_pid, status=CREATING)
+            # The hooks of create are lifecycle steps 3-5, after step 2 (the environment is created): the
+            # state's "created" is "after step 2 in the lifecycle", and crun and runtime-tools read it so.
+            state = dict(plan.hook_state, pid=init_pid, status=CREATED)
             if net_devices:
                 from ocirt.linux.network import move_net_devices
 

@@ -4,8 +4,9 @@ Where each kind runs, and what its failure does (config.md "POSIX-platform Hooks
   prestart, createRuntime  - in the runtime namespace during create; a failure fails create.
   createContainer          - in the container namespace during create, before pivot_root; fails create.
   startContainer           - in the container, during start, before the user process; fails start.
-  poststart                - in the runtime namespace after the process started; a failure is logged only.
-  poststop                 - in the runtime namespace during delete; a failure is logged only.
+  poststart                - in the runtime namespace after the process started; a failure is logged only,
+                             and the hooks after it still run.
+  poststop                 - in the runtime namespace during delete; the same.
 """
 
 from __future__ import annotations
@@ -35,11 +36,18 @@ def run_hooks(hooks: list[dict], kind: str, state: dict) -> None:
 
 
 def run_hooks_logged(hooks: list[dict], kind: str, state: dict) -> None:
-    """For the kinds whose failure the spec says must not fail the operation."""
-    try:
-        run_hooks(hooks, kind, state)
-    except HookError as err:
-        log.warning(str(err))
+    """poststart and poststop: the spec says a failing hook is logged as a warning, "but the remaining
+    hooks and lifecycle continue as if the hook had succeeded"."""
+    if not hooks:
+        return
+    from ocirt.fastjson import dumps
+
+    payload = dumps(state).encode()
+    for i, hook in enumerate(hooks):
+        try:
+            _run_one(hook, kind, i, payload)
+        except HookError as err:
+            log.warning(str(err))
 
 
 def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:

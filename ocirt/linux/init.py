@@ -387,7 +387,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         from ocirt.hooks import run_hooks
 
         run_hooks(plan.create_container_hooks, "createContainer",
-                  dict(plan.hook_state, pid=init_host_pid, status="creating"))
+                  dict(plan.hook_state, pid=init_host_pid, status="created"))  # as prestart's
 
     rootfs.enter_rootfs(plan.rootfs)
     rootfs.finish_rootfs(plan.rootfs)
