@@ -143,22 +143,24 @@ def hooks_start_container_failure(ctx: CaseContext) -> None:
 
 
 @case("hooks_poststart_failure_continues", "runtime.md#lifecycle",
-      "a failing poststart hook is only a warning: start succeeds and the container keeps running")
+      "a failing poststart hook is only a warning: start succeeds, the hooks after it run, the container runs")
 def hooks_poststart_failure_continues(ctx: CaseContext) -> None:
     log = _hook_log(ctx)
-    ctx.config["hooks"] = {"poststart": [failing_hook()]}
+    ctx.config["hooks"] = {"poststart": [failing_hook(), recording_hook(ctx, "poststart", log)]}
     ctx.config["process"]["args"], marker = _marker_args(log)
     container_id = ctx.create_ok()
     result = ctx.start(container_id)
     check(result.returncode == 0, f"start failed because of a poststart hook: {result.describe()}")
     state = ctx.state(container_id)
     check(state.get("status") == "running", f"status is {state.get('status')!r} after a poststart failure")
+    check((log / "poststart.json").exists(), "the poststart hook after the failing one did not run")
 
 
 @case("hooks_poststop_failure_continues", "runtime.md#lifecycle",
-      "a failing poststop hook is only a warning: delete succeeds and the container is gone")
+      "a failing poststop hook is only a warning: delete succeeds, the hooks after it run, the container is gone")
 def hooks_poststop_failure_continues(ctx: CaseContext) -> None:
-    ctx.config["hooks"] = {"poststop": [failing_hook()]}
+    log = ctx.host_dir("hooks")
+    ctx.config["hooks"] = {"poststop": [failing_hook(), recording_hook(ctx, "poststop", log)]}
     ctx.config["process"]["args"] = ["true"]
     container_id = ctx.create_ok()
     check(ctx.start(container_id).returncode == 0, "start failed")
@@ -166,6 +168,22 @@ def hooks_poststop_failure_continues(ctx: CaseContext) -> None:
     result = ctx.delete(container_id)
     check(result.returncode == 0, f"delete failed because of a poststop hook: {result.describe()}")
     check(ctx.call(["state", container_id]).returncode != 0, "the container survived delete")
+    check((log / "poststop.json").exists(), "the poststop hook after the failing one did not run")
+
+
+@case("hooks_create_time_state_created", "runtime.md#state",
+      "prestart, createRuntime and createContainer (lifecycle steps 3-5, after step 2) see status created")
+def hooks_create_time_state_created(ctx: CaseContext) -> None:
+    log = _hook_log(ctx)
+    kinds = ["prestart", "createRuntime", "createContainer"]
+    ctx.config["hooks"] = {kind: [recording_hook(ctx, kind, log)] for kind in kinds}
+    result = ctx.run(["true"])
+    check(result.returncode == 0, f"run with hooks failed: {result.describe()}")
+    for kind in kinds:
+        path = log / f"{kind}.json"
+        check(path.exists(), f"the {kind} hook did not run")
+        status = json.loads(path.read_text()).get("status")
+        check(status == "created", f"the {kind} hook saw status {status!r}")
 
 
 @case("hooks_timeout", "config.md#posix-platform-hooks",

@@ -43,6 +43,18 @@ def start_runs_program(ctx: CaseContext) -> None:
     check(state.get("status") == "running", f"status after start is {state.get('status')!r}")
 
 
+@case("lifecycle_create_without_process", "runtime.md#start",
+      "a config without process creates a container; start then generates an error and changes nothing")
+def create_without_process(ctx: CaseContext) -> None:
+    del ctx.config["process"]
+    container_id, result = ctx.create()
+    check(result.returncode == 0, f"create refused a config without process: {result.describe()}")
+    check(ctx.state(container_id).get("status") == "created", "the container is not created")
+    started = ctx.start(container_id)
+    check(started.returncode != 0, "start succeeded without a process")
+    check(ctx.state(container_id).get("status") == "created", "the refused start changed the container's status")
+
+
 @case("state_fields", "runtime.md#state",
       "state reports ociVersion, id, status, pid, the absolute bundle path and the config's annotations")
 def state_fields(ctx: CaseContext) -> None:

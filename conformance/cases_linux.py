@@ -89,6 +89,48 @@ def namespaces_path_wrong_type(ctx: CaseContext) -> None:
     ctx.config["process"]["args"] = ["true"]
     _, result = ctx.create()
     check(result.returncode != 0, "create joined a uts namespace file as an ipc namespace")
+    check("internal error" not in result.output and "Traceback" not in result.output,
+          f"the error is not a message: {result.describe()}")
+
+
+@case("namespaces_user_path_wrong_type", "config-linux.md#namespaces",
+      "a user namespace path that is another type of namespace is an error, and nothing is left",
+      rootful_only="joining a root-owned namespace needs root")
+def namespaces_user_path_wrong_type(ctx: CaseContext) -> None:
+    holder = _namespace_holder(ctx, ["--net"])
+    ctx.config["linux"]["namespaces"].append({"type": "user", "path": f"/proc/{holder}/ns/net"})
+    ctx.config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 0, "size": 65536}]
+    ctx.config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 0, "size": 65536}]
+    container_id, result = ctx.create()
+    check(result.returncode != 0, "create joined a network namespace file as the user namespace")
+    check("internal error" not in result.output and "Traceback" not in result.output,
+          f"the error is not a message: {result.describe()}")
+    check(ctx.call(["state", container_id]).returncode != 0, "the failed create left a container behind")
+
+
+@case("namespaces_mount_inherited_or_refused", "config-linux.md#namespaces",
+      "without a mount namespace the container shares the runtime's, or the runtime refuses with a reason")
+def namespaces_mount_inherited_or_refused(ctx: CaseContext) -> None:
+    # ocirt refuses (docs/conformance.md says why); runc and crun share, and leave the container's mounts in
+    # the host's mount namespace, below the bundle: take them away after the case.
+    bundle = str(ctx.bundle)
+
+    def unmount_below_bundle() -> None:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        for point in sorted((p for p in points if p.startswith(bundle + "/")), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
+
+    ctx.add_cleanup(unmount_below_bundle)
+    ctx.config["linux"]["namespaces"] = [ns for ns in ctx.config["linux"]["namespaces"] if ns["type"] != "mount"]
+    container_id, result = ctx.create()
+    if result.returncode != 0:
+        said = result.output.lower()
+        check(("mount namespace" in said or "mnt namespace" in said) and "internal error" not in said,
+              f"refused without saying it is about the mount namespace: {result.describe()}")
+        return
+    pid = ctx.state(container_id)["pid"]
+    check(ns_inode(pid, "mount") == ns_inode("self", "mount"), "the container got a mount namespace of its own")
 
 
 @case("namespaces_time_offsets", "config-linux.md#offset-for-time-namespace",
@@ -331,6 +373,40 @@ def seccomp_errno_ret(ctx: CaseContext) -> None:
     result = ctx.run(["mkdir", "/tmp/dir"])
     check(result.returncode != 0 and "Permission denied" in result.output,
           f"mkdir was not refused with EACCES: {result.describe()}")
+
+
+# Only what runc 1.1.5 calls between loading its filter and execve (strace -f, run and exec), and what
+# busybox's `true` calls: a runtime that makes any other syscall there fails under such a profile.
+_RUNC_AND_TRUE_SYSCALLS = [
+    "capget", "capset", "chdir", "close", "epoll_ctl", "faccessat2", "fcntl", "fstat", "fstatfs", "futex",
+    "getcwd", "getdents64", "getpid", "getppid", "newfstatat", "openat", "prctl", "read", "rt_sigreturn",
+    "setgid", "setgroups", "setuid", "write", "execve", "arch_prctl", "brk", "exit", "exit_group", "getuid",
+    "ioctl", "mprotect", "prlimit64", "readlink", "rseq", "rt_sigaction", "rt_sigprocmask", "set_robust_list",
+    "set_tid_address", "uname", "getrandom",
+]
+
+
+@case("seccomp_default_deny_early_filter", "config-linux.md#seccomp",
+      "a default-deny profile allowing only runc's own syscalls and the program's runs with noNewPrivileges false")
+def seccomp_default_deny_early_filter(ctx: CaseContext) -> None:
+    if platform.machine() != "x86_64":
+        raise CaseSkipped("the syscall list was measured on x86_64")
+    ctx.config["process"]["noNewPrivileges"] = False
+    ctx.config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+                                      "syscalls": [{"names": _RUNC_AND_TRUE_SYSCALLS, "action": "SCMP_ACT_ALLOW"}]}
+    result = ctx.run(["true"])
+    check(result.returncode == 0, f"the container did not start under the profile: {result.describe()}")
+
+
+@case("linux_mount_label_unsupported", "runtime.md#create",
+      "linux.mountLabel on a host without SELinux is an error, not silently dropped")
+def mount_label_unsupported(ctx: CaseContext) -> None:
+    if Path("/sys/fs/selinux/enforce").exists():
+        raise CaseSkipped("SELinux is enabled here: the label could be applied")
+    ctx.config["linux"]["mountLabel"] = "system_u:object_r:container_file_t:s0:c1,c2"
+    container_id, result = ctx.create()
+    check(result.returncode != 0, "create accepted a mount label that cannot be applied")
+    check(ctx.call(["state", container_id]).returncode != 0, "the refused create left a container behind")
 
 
 # ---- masked and read-only paths ----------------------------------------------------------------------------

@@ -219,6 +219,40 @@ def capabilities_unknown_tolerated(ctx: CaseContext) -> None:
     check(result.returncode == 0, f"an unknown capability failed the container: {result.describe()}")
 
 
+def _drop_from_bounding_set(cap: int):
+    def setup() -> None:
+        import ctypes
+
+        pr_capbset_drop = 24
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    return setup
+
+
+@case("process_capabilities_unavailable_tolerated", "config.md#linux-process",
+      "a capability the runtime cannot grant (not in its bounding set) is a warning: the container runs without it",
+      rootful_only="the runtime of a rootless container holds every capability of its user namespace")
+def capabilities_unavailable_tolerated(ctx: CaseContext) -> None:
+    cap_sys_resource, cap_kill = 24, 5
+    ctx.caller_setup = _drop_from_bounding_set(cap_sys_resource)
+    wanted = ["CAP_KILL", "CAP_SYS_RESOURCE"]
+    ctx.config["process"]["capabilities"] = {kind: list(wanted) for kind in ("bounding", "effective", "permitted")}
+    container_id, pid = ctx.start_process()
+    status = Path(f"/proc/{pid}/status").read_text()
+    effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+    check(effective == 1 << cap_kill, f"CapEff is {effective:#x}, expected CAP_KILL only")
+
+
+@case("process_ambient_not_raisable_quiet", "config.md#linux-process",
+      "the config `runc spec` writes (ambient capabilities that are not inheritable) runs with nothing on stderr")
+def ambient_not_raisable_quiet(ctx: CaseContext) -> None:
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    ctx.config["process"]["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps}
+    result = ctx.run(["true"])
+    check(result.returncode == 0, f"the container failed: {result.describe()}")
+    check(result.stderr.strip() == "", f"the runtime wrote to stderr: {result.stderr.strip()[:200]!r}")
+
+
 def _set_caller_oom_score_adj(oom_score_adj: int):
     def setup() -> None:
         with open("/proc/self/oom_score_adj", "w") as adj:

@@ -88,7 +88,7 @@ def _rootfs_path(config: dict, bundle: str) -> str:
 
 
 # -- create ---------------------------------------------------------------------------------------------------
-def create(opts: CreateOptions):
+def create(opts: CreateOptions, *, for_run: bool = False):
     """Create the container and leave its init waiting for `start`. Returns the init's Spawned record."""
     from ocirt.linux import namespaces
     from ocirt.linux.process import ProcessPlan
@@ -102,13 +102,20 @@ def create(opts: CreateOptions):
     if opts.rootless and os.geteuid() != 0 and not ns_plan.has("user"):
         raise ConfigError("rootless containers need a user namespace: add {\"type\": \"user\"} to "
                           "linux.namespaces with uidMappings and gidMappings (see `ocirt spec --rootless`)")
+    # runtime.md: create applies everything but process, and "start ... MUST generate an error if process
+    # was not set": without one the init sets the container up and waits, and start refuses.
     process = config.get("process")
-    if not process:
-        raise ConfigError("$.process: create needs a process to run")
-    process_plan = ProcessPlan(process, linux)
-    if process_plan.terminal and opts.detach and not opts.console_socket:
+    if not process and for_run:
+        raise ConfigError("$.process: run needs a process to start (create accepts a config without one)")
+    process_plan = ProcessPlan(process, linux) if process else None
+    if process_plan is not None and process_plan.terminal and opts.detach and not opts.console_socket:
         raise ConfigError("process.terminal is true: a detached container needs --console-socket to receive "
                           "the terminal")
+    labels = (process_plan.apparmor_profile, process_plan.selinux_label) if process_plan else (None, None)
+    if any(labels) or linux.get("mountLabel"):
+        from ocirt.linux.lsm import check_host_support
+
+        check_host_support(*labels, mount_label=linux.get("mountLabel"))
     rootfs_path = _rootfs_path(config, opts.bundle)
     if not os.path.isdir(rootfs_path):
         raise ConfigError(f"rootfs {rootfs_path} does not exist or is not a directory")
@@ -208,6 +215,8 @@ def create(opts: CreateOptions):
         container.runtime["start_time"] = spawned.start_time
         hooks = config.get("hooks") or {}
         container.runtime["hooks"] = {k: hooks[k] for k in ("poststart", "poststop") if hooks.get(k)}
+        if process_plan is None:
+            container.runtime["no_process"] = True
         container.save()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, spawned.pid)
@@ -308,6 +317,10 @@ def _preload_for_init(plan) -> None:
 
     if plan.create_container_hooks or plan.start_container_hooks:
         import ocirt.hooks  # noqa: F401
+    if plan.process is None:
+        if plan.sysctl:
+            import ocirt.linux.procfs  # noqa: F401
+        return
     if plan.sysctl or plan.process.oom_score_adj is not None:
         import ocirt.linux.procfs  # noqa: F401
     if plan.process.terminal or getattr(plan.seccomp, "listener_path", None):
@@ -405,6 +418,8 @@ def start(root: str, container_id: str) -> None:
                 raise InvalidState(f"cannot start container {container_id!r}: it is stopped")
             raise InvalidState(f"cannot start container {container_id!r} in status {status}: "
                                "it is not in the created state")
+        if container.runtime.get("no_process"):
+            raise InvalidState(f"cannot start container {container_id!r}: its config has no process to run")
         _release_init(container)
         hooks = container.runtime.get("hooks") or {}
         if hooks.get("poststart"):
@@ -801,7 +816,7 @@ def run(opts: CreateOptions, *, keep: bool = False) -> int:
     if not opts.detach:
         # The init is the intermediate's child: becoming a subreaper makes it ours when the intermediate exits.
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    container, spawned = create(opts)
+    container, spawned = create(opts, for_run=True)
     container.close()
     try:
         start(opts.root, opts.container_id)

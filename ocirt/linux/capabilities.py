@@ -155,13 +155,38 @@ def prepare(capabilities: dict | None, where: str = "process.capabilities") -> C
                           "not permitted")
     unraisable = masks["ambient"] & ~(masks["permitted"] & masks["inheritable"])
     if unraisable:
-        # The kernel only raises an ambient cap that is both permitted and inheritable; runc warns and
-        # goes on without it, and so do we.
-        log.warning(f"ambient capabilities {', '.join(names_of(unraisable))} are not both permitted and "
-                    "inheritable: they are not raised")
+        # The kernel only raises an ambient cap that is both permitted and inheritable: that is its rule,
+        # not news for stderr (the config `runc spec` writes has such caps, and engines show a runtime's
+        # stderr as the container's error output). runc and crun say nothing either.
+        log.debug(f"ambient capabilities {', '.join(names_of(unraisable))} are not both permitted and "
+                  "inheritable: they are not raised")
         masks["ambient"] &= ~unraisable
     return CapabilityPlan(masks["bounding"], masks["effective"], masks["inheritable"], masks["permitted"],
                           masks["ambient"], last_cap())
+
+
+def withhold_unavailable(plan: CapabilityPlan) -> int:
+    """Take out of ``plan`` the caps this process can't hand on (outside its permitted or bounding set)
+    and return them. Runs in the init, where a new user namespace has given it every cap of that namespace.
+
+    config.md, process.capabilities: a capability that "cannot be granted otherwise MUST be logged as a
+    warning by the runtime. Runtimes SHOULD NOT fail if the container configuration requests
+    capabilities that cannot be granted, for example, if the runtime operates in a restricted
+    environment with limited capabilities" (here: root lacks CAP_SYS_RESOURCE in its bounding set).
+    """
+    try:
+        held = syscalls.capget()[1]
+        for cap in range(plan.last_cap + 1):
+            if held >> cap & 1 and not syscalls.prctl(syscalls.PR_CAPBSET_READ, cap):
+                held &= ~(1 << cap)
+    except OSError as err:
+        raise OcirtError(f"cannot read the capabilities: {why(err)}") from None
+    wanted = plan.bounding | plan.effective | plan.inheritable | plan.permitted | plan.ambient
+    missing = wanted & ~held
+    if missing:
+        for name in SETS:
+            setattr(plan, name, getattr(plan, name) & ~missing)
+    return missing
 
 
 def drop_bounding(plan: CapabilityPlan) -> None:

@@ -26,22 +26,31 @@ from ocirt.errors import ConfigError, InitError, OcirtError, why
 class Channel:
     """Line messages ("kind payload\\n") over a pair of pipes; each write is atomic (< PIPE_BUF)."""
 
-    def __init__(self, read_fd: int, write_fd: int):
+    def __init__(self, read_fd: int, write_fd: int, *, runtime_side: bool = False):
         self.read_fd = read_fd
         self.write_fd = write_fd
         self._buf = b""
+        self.runtime_side = runtime_side
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
+        """(the runtime's end, the child's end)."""
         p_r, c_w = os.pipe2(os.O_CLOEXEC)
         c_r, p_w = os.pipe2(os.O_CLOEXEC)
-        return cls(p_r, p_w), cls(c_r, c_w)
+        return cls(p_r, p_w, runtime_side=True), cls(c_r, c_w)
 
     def send(self, kind: str, payload: str = "") -> None:
         line = f"{kind} {payload.replace(chr(10), ' ')}\n".encode()
         if len(line) > 4000:
             line = line[:3999] + b"\n"
-        os.write(self.write_fd, line)
+        try:
+            os.write(self.write_fd, line)
+        except BrokenPipeError:
+            if not self.runtime_side:
+                raise
+            # The child is gone, most likely after reporting why: raise its message.
+            self.expect("")
+            raise
 
     def recv(self) -> tuple[str, str]:
         while b"\n" not in self._buf:
@@ -55,6 +64,12 @@ class Channel:
 
     def expect(self, kind: str) -> str:
         got, payload = self.recv()
+        while got == "warning":
+            # The init can't write to --log (its path is outside the root): the runtime logs for it.
+            from ocirt import log
+
+            log.warning(payload)
+            got, payload = self.recv()
         if got == kind:
             return payload
         if got == "error":
@@ -93,7 +108,9 @@ class InitPlan:
         self.console_socket = console_socket
         self.preserve_fds = preserve_fds
         self.no_new_keyring = no_new_keyring
-        self.relay_console = relay_console and process.terminal and not console_socket
+        # None when the config has no process: the init sets everything up, then waits for a start that
+        # will refuse.
+        self.relay_console = relay_console and process is not None and process.terminal and not console_socket
         self.hostname = config.get("hostname")
         self.domainname = config.get("domainname")
         self.sysctl = dict(linux.get("sysctl") or {})
@@ -377,7 +394,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
 
     rootfs.prepare_rootfs(plan.rootfs)
     console_slave = None
-    if plan.process.terminal:
+    if plan.process is not None and plan.process.terminal:
         console_slave = _setup_console(plan, fd_pair, channel)
 
     channel.send("hooks")
@@ -397,7 +414,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
 
         for key, value in plan.sysctl.items():
             write_proc_file("sys/" + key.replace(".", "/"), str(value))
-    if plan.process.oom_score_adj is not None:
+    if plan.process is not None and plan.process.oom_score_adj is not None:
         from ocirt.linux.procfs import write_proc_file
 
         write_proc_file("self/oom_score_adj", str(plan.process.oom_score_adj))
@@ -421,11 +438,23 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         # `start` returns (and runs poststart) only once the user's process runs.
         os.write(fd, b"0")
 
+    if plan.process is None:
+        channel.send("ready")
+        channel.close()
+        _wait_without_a_process(proc_fd, fifo_fd)
     finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
                    preserve_fds=plan.preserve_fds, listener=bool(notify_listener(plan.seccomp)),
                    keyring=None if plan.no_new_keyring else f"_ses.{plan.container_id}",
                    after_ready=wait_for_start)
+
+
+def _wait_without_a_process(proc_fd: int, fifo_fd: int) -> None:
+    """The init of a config without process: blocked on the exec fifo until delete kills it. `start`
+    refuses such a container without opening the fifo; anyone who opens it anyway reads the reason."""
+    fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    os.write(fd, b"Ethe container's config has no process to run")
+    os._exit(1)
 
 
 # What the init and an exec'd process do between loading the seccomp filter (early, when noNewPrivileges is
@@ -497,8 +526,14 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
     openat2, close_range and a lookup, all come before it. What follows the filter is listed, step by
     step, in ``seccomp.AFTER_FILTER``; a step that fails there names the syscall the profile denies.
     """
-    from ocirt.linux import process
+    from ocirt.linux import capabilities, process
 
+    missing = capabilities.withhold_unavailable(proc.capabilities)
+    if missing:
+        names = capabilities.names_of(missing)
+        them = "it" if len(names) == 1 else "them"
+        channel.send("warning", f"cannot grant {', '.join(names)}: the runtime does not hold {them}, so the "
+                                f"process starts without {them}")
     process.apply_rlimits(proc)
     process.apply_scheduling(proc)
     if keyring:

@@ -8,6 +8,7 @@ On a host without the LSM, a config that asks for a label fails, as with runc: r
 SELinux label when SELinux is disabled ("selinux label is specified in config, but selinux is disabled
 or not supported") and fails the container's init when it can't write an AppArmor profile. ocirt refuses
 both in the parent (``check_host_support``), before anything is created, with a message naming the field.
+``linux.mountLabel`` is refused the same way (and also where SELinux is enabled: ocirt does not apply it).
 An empty or absent value asks for nothing and is accepted everywhere.
 
 Whether an LSM is enabled is read from the host's ``/sys`` and cached, so the parent must ask (through
@@ -76,8 +77,20 @@ def selinux_enabled() -> bool:
     return _enabled["selinux"]
 
 
-def check_host_support(apparmor_profile: str | None, selinux_label: str | None) -> None:
-    """Refuse, before the fork, a label the host can't apply. Also caches what the init will need."""
+def check_host_support(apparmor_profile: str | None, selinux_label: str | None,
+                       mount_label: str | None = None) -> None:
+    """Refuse, before the fork, a label the host can't apply. Also caches what the init will need.
+
+    ``linux.mountLabel`` is refused whenever it is set: without SELinux there is nothing to label mounts
+    with, and with it ocirt does not pass the context to the container's mounts. Dropping it silently
+    would break runtime.md: "If the runtime cannot apply a property as specified in the configuration,
+    it MUST generate an error".
+    """
+    if mount_label:
+        if not selinux_enabled():
+            raise ConfigError(f"linux.mountLabel is {mount_label!r}, but SELinux is not enabled on this host")
+        raise ConfigError(f"linux.mountLabel is {mount_label!r}: ocirt does not label mounts with SELinux "
+                          "contexts")
     if apparmor_profile and not apparmor_enabled():
         raise ConfigError(f"process.apparmorProfile is {apparmor_profile!r}, but AppArmor is not enabled "
                           "on this host")

@@ -160,18 +160,20 @@ def test_effective_outside_permitted_is_a_config_error():
         caps.prepare({"effective": ["CAP_CHOWN", "CAP_KILL"], "permitted": ["CAP_CHOWN"]})
 
 
-def test_ambient_cap_that_cannot_be_raised_is_left_out_with_a_warning(tmp_path):
+def test_ambient_cap_that_cannot_be_raised_is_left_out_with_a_debug_line(tmp_path, capsys):
+    """The kernel's own rule, not a warning: runc's `spec` writes such a config (issue 14, item 11)."""
     log_file = tmp_path / "ocirt.log"
     saved = (ocirt_log.config.path, ocirt_log.config.json, ocirt_log.config.threshold)
-    ocirt_log.configure(str(log_file))
+    ocirt_log.configure(str(log_file), debug=True)
     try:
         plan = caps.prepare({"permitted": ["CAP_NET_RAW", "CAP_KILL"], "inheritable": ["CAP_KILL"],
                              "ambient": ["CAP_NET_RAW", "CAP_KILL"]})
     finally:
         ocirt_log.config.path, ocirt_log.config.json, ocirt_log.config.threshold = saved
     assert plan.ambient == mask("CAP_KILL")
-    assert ("level=warning msg=\"ambient capabilities CAP_NET_RAW are not both permitted and inheritable"
+    assert ("level=debug msg=\"ambient capabilities CAP_NET_RAW are not both permitted and inheritable"
             in log_file.read_text())
+    assert capsys.readouterr().err == ""
 
 
 def test_last_cap_is_the_kernel_s():
