@@ -17,6 +17,7 @@ from ocirt.linux.init import (
     Channel,
     Spawned,
     _run_child,
+    close_callers_fds,
     finish_process,
     forward_notify_fd,
     kill_spawned,
@@ -131,6 +132,7 @@ def _intermediate(plan: ExecPlan, channel: Channel, ns_fds, fd_pair, console_soc
     from ocirt.linux import namespaces
 
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    close_callers_fds(plan.preserve_fds)
     if plan.process.cpu_affinity_initial:
         os.sched_setaffinity(0, plan.process.cpu_affinity_initial)
     if channel.recv()[0] != "go":

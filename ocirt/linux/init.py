@@ -312,6 +312,7 @@ def _report(channel: Channel, code: int, message: str) -> None:
 def _intermediate(plan: InitPlan, channel: Channel, join_fds, fd_pair) -> None:
     from ocirt.linux import namespaces
 
+    close_callers_fds(plan.preserve_fds)
     ns = plan.namespaces
     remaining = []
     for ns_type, fd in join_fds:
@@ -547,6 +548,7 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
         if proc.selinux_label:
             lsm.apply_selinux_label(proc.selinux_label)
 
+    process.set_home(proc)
     # As the runtime's root, as runc does first: a cwd only the process user may enter is entered again
     # after the switch.
     cwd_entered = process.enter_cwd(proc, as_process_user=False)
@@ -643,6 +645,27 @@ def _join_session_keyring(name: str) -> None:
         # Kernels or seccomp profiles of the host may forbid keyrings; runc ignores ENOSYS and EACCES too.
         if err.errno not in (38, 13, 1):
             raise OcirtError(f"cannot join a session keyring: {why(err)}") from None
+
+
+def close_callers_fds(preserve_fds: int) -> None:
+    """Close the fds the runtime's caller left open beyond the preserved ones, right after the fork, so
+    not even the init waiting for ``start`` holds them (runc's init never gets them at all).
+
+    They are the ones without close-on-exec: they crossed the runtime's own execve, while every fd the
+    runtime opens is close-on-exec (PEP 446, and O_CLOEXEC/SOCK_CLOEXEC where ocirt opens its own)."""
+    first = 3 + preserve_fds
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(first, os.sysconf("SC_OPEN_MAX")))
+    for fd in fds:
+        if fd < first:
+            continue
+        try:
+            if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                os.close(fd)
+        except OSError:
+            pass  # the listdir's own fd, closed meanwhile
 
 
 def _seal_fds(preserve_fds: int) -> None:

@@ -296,6 +296,67 @@ def _enter_in_root(cwd: str) -> None:
                 os.close(fd)
 
 
+# /etc/passwd is the container's file: read at most this much of it, as a regular file only (a FIFO or a
+# device there must not hang or feed the init).
+PASSWD_READ_LIMIT = 1 << 20
+
+
+def set_home(plan: ProcessPlan) -> None:
+    """Give the process ``HOME`` when its env has none (or an empty one), as runc does: the home of its uid
+    in the container's /etc/passwd, else ``/``. Runs inside the container's root, before the user switch."""
+    if any(entry.startswith("HOME=") and len(entry) > 5 for entry in plan.env):
+        return
+    home = home_of(plan.uid) or "/"
+    plan.env = [entry for entry in plan.env if not entry.startswith("HOME=")] + [f"HOME={home}"]
+
+
+def home_of(uid: int, passwd: str = "/etc/passwd") -> str | None:
+    """The home directory of ``uid`` in ``passwd`` as this process's root sees it; None when there is none."""
+    text = _read_in_root(passwd, PASSWD_READ_LIMIT)
+    if text is None:
+        return None
+    for line in text.split(b"\n"):
+        fields = line.split(b":")
+        if len(fields) >= 6 and fields[2].isdigit() and int(fields[2]) == uid:
+            home = fields[5].decode(errors="replace")
+            return home or None
+    return None
+
+
+def _read_in_root(path: str, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of the regular file ``path``, resolved inside this process's root (no magic
+    links); None when it is missing, unreadable or not a regular file."""
+    import stat
+
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    root_fd = fd = -1
+    try:
+        root_fd = os.open("/", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = sc.openat2(root_fd, path, flags, 0, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        except OSError as err:
+            if err.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            fd = os.open(path, flags)  # after pivot_root "/" is the container's root
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        for opened in (fd, root_fd):
+            if opened >= 0:
+                os.close(opened)
+
+
 def env_path(env: list[str]) -> str:
     for entry in env:
         if entry.startswith("PATH="):

@@ -1,0 +1,168 @@
+"""How the container's process is set up, next to runc and crun on the same bundle: HOME, the fds the init
+holds while it waits for ``start``, the exec user's cwd and capabilities, the scheduler, a cwd that does
+not exist yet, UTS sysctls. Root and rootless where both apply.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import helpers
+import pytest
+
+
+@pytest.fixture(params=["root", "rootless"])
+def user(request) -> helpers.UnprivilegedUser | None:
+    if request.param == "rootless":
+        return request.getfixturevalue("unprivileged_user")
+    return None
+
+
+@pytest.fixture(params=["root", "rootless-subids"])
+def mapped_user(request) -> helpers.UnprivilegedUser | None:
+    """Root, or a rootless user whose subordinate ids map the uids 1000 and 4242 of the container."""
+    if request.param == "rootless-subids":
+        return request.getfixturevalue("subid_user")
+    return None
+
+
+def bundle_for(make_bundle, user, args, **kwargs) -> helpers.Bundle:
+    bundle = make_bundle(user=user, args=args, **kwargs)
+    if user is not None and user.subuid is not None:
+        helpers.use_subid_maps(bundle.config, user)
+    return bundle
+
+
+def without_home(bundle: helpers.Bundle) -> None:
+    bundle.config["process"]["env"] = [e for e in bundle.config["process"]["env"] if not e.startswith("HOME=")]
+
+
+def output_of(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# -- HOME ------------------------------------------------------------------------------------------------------
+PRINT_HOME = ["sh", "-c", "echo HOME=$HOME"]
+
+
+@pytest.mark.parametrize(("uid", "home"), [(0, "/root"), (1000, "/home/user"), (4242, "/")])
+def test_home_comes_from_the_rootfs_passwd_or_is_slash(make_bundle, mapped_user, uid, home):
+    # runc: the home of the uid's entry in the container's /etc/passwd, "/" without one.
+    bundle = bundle_for(make_bundle, mapped_user, PRINT_HOME)
+    without_home(bundle)
+    bundle.config["process"]["user"] = {"uid": uid, "gid": uid}
+    assert output_of(bundle.run()) == f"HOME={home}\n"
+
+
+def test_a_home_in_the_env_is_kept_and_an_empty_one_is_filled(make_bundle, user):
+    bundle = make_bundle(user=user, args=PRINT_HOME)
+    without_home(bundle)
+    bundle.config["process"]["env"].append("HOME=/somewhere")
+    assert output_of(bundle.run()) == "HOME=/somewhere\n"
+    bundle.config["process"]["env"][-1] = "HOME="
+    assert output_of(bundle.run()) == "HOME=/root\n"
+
+
+def test_exec_sets_home_for_the_exec_user(make_bundle, mapped_user):
+    bundle = bundle_for(make_bundle, mapped_user, ["sleep", "600"])
+    without_home(bundle)
+    assert bundle.run("-d").returncode == 0
+    try:
+        assert output_of(bundle.runtime(["exec", bundle.id, *PRINT_HOME])) == "HOME=/root\n"
+        assert output_of(bundle.runtime(["exec", "--user", "1000:1000", bundle.id, *PRINT_HOME])) == \
+            "HOME=/home/user\n"
+        assert output_of(bundle.runtime(["exec", "--user", "4242", bundle.id, *PRINT_HOME])) == "HOME=/\n"
+        assert output_of(bundle.runtime(["exec", "--env", "HOME=/x", bundle.id, *PRINT_HOME])) == "HOME=/x\n"
+    finally:
+        bundle.delete(force=True)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "host-symlink", "huge", "directory"])
+def test_home_reads_only_the_containers_own_regular_passwd(make_bundle, user, test_dir, kind):
+    """/etc/passwd is the container's: a FIFO there must not hang the init, a symlink resolves inside the
+    rootfs (never to a host file of that name), and only the first MiB of it is read."""
+    bundle = make_bundle(user=user, args=PRINT_HOME, own_rootfs=True)
+    without_home(bundle)
+    passwd = bundle.path / "rootfs" / "etc" / "passwd"
+    passwd.unlink()
+    if kind == "fifo":
+        os.mkfifo(passwd)
+    elif kind == "host-symlink":
+        host_file = test_dir / "host-passwd"
+        host_file.write_text("root:x:0:0:root:/from-the-host:/bin/sh\n")
+        os.chmod(host_file, 0o644)
+        passwd.symlink_to(host_file)
+    elif kind == "huge":
+        with open(passwd, "w") as f:
+            f.write(("#" * 1023 + "\n") * 1024)  # one MiB of comments before the entry
+            f.write("root:x:0:0:root:/far-down:/bin/sh\n")
+    else:
+        passwd.mkdir()
+    if user is not None:
+        helpers.chown_tree(bundle.path / "rootfs", user.uid, user.gid)
+    assert output_of(bundle.run(timeout=20)) == "HOME=/\n"
+
+
+# -- the fds of the init at create ------------------------------------------------------------------------------
+def create_with_stray_fds(bundle: helpers.Bundle, stray: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``create`` from a shell that leaves fd 4 (a file) and fd 10 (/dev/null) open in the runtime, as bats
+    and many callers do."""
+    bundle.write()
+    runtime = bundle.runtime_path or helpers.runtime_path()
+    script = f'exec 4>"{stray}" 10</dev/null; exec "$@"'
+    command = ["bash", "-c", script, "bash", runtime, "--root", str(bundle.root), "create", *extra,
+               "--bundle", str(bundle.path), bundle.id]
+    identity: dict = {}
+    if bundle.user is not None:
+        identity = {"user": bundle.user.uid, "group": bundle.user.gid, "extra_groups": [], "cwd": bundle.user.home}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=30,
+                              env=helpers.base_env(bundle.user), **identity)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, proc.returncode, "", err.read())
+
+
+def fds_of(pid: int) -> dict[int, str]:
+    fds = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+    return fds
+
+
+def test_the_init_never_holds_the_callers_stray_fds(make_bundle, user, test_dir):
+    bundle = make_bundle(user=user, args=["true"])
+    stray = test_dir / "stray.out"
+    stray.touch()
+    os.chmod(stray, 0o666)
+    try:
+        result = create_with_stray_fds(bundle, stray)
+        assert result.returncode == 0, result.stderr
+        pid = bundle.state()["pid"]
+        held = fds_of(pid)
+        assert str(stray) not in held.values(), held
+        assert 4 not in held and 10 not in held, held
+    finally:
+        bundle.delete(force=True)
+
+
+def test_preserved_fds_reach_the_init_and_nothing_beyond(make_bundle, user, test_dir):
+    bundle = make_bundle(user=user, args=["true"])
+    stray = test_dir / "stray.out"
+    stray.touch()
+    os.chmod(stray, 0o666)
+    try:
+        # --preserve-fds 2 keeps 3 and 4: fd 4 is the file, fd 10 is still the caller's stray.
+        result = create_with_stray_fds(bundle, stray, "--preserve-fds", "2")
+        assert result.returncode == 0, result.stderr
+        held = fds_of(bundle.state()["pid"])
+        assert held.get(4) == str(stray), held
+        assert 10 not in held, held
+    finally:
+        bundle.delete(force=True)
