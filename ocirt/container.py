@@ -179,7 +179,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
                         rootless=opts.rootless, namespaces=ns_plan, rootfs=rootfs_plan, process=process_plan,
                         seccomp=seccomp, cgroup=cgroup, fifo_path=container.fifo_path,
                         console_socket=opts.console_socket, preserve_fds=opts.preserve_fds,
-                        no_new_keyring=opts.no_new_keyring, relay_console=opts.relay_console)
+                        no_new_keyring=opts.no_new_keyring, relay_console=opts.relay_console,
+                        die_with_runtime=not opts.detach)
         plan.hook_state = _hook_state(container)
         plan.close_in_child.append(container.lock_fd)
         _preload_for_init(plan)
@@ -810,26 +811,86 @@ FORWARDED_SIGNALS = (1, 2, 3, 10, 12, 15, 28)
 
 
 def run(opts: CreateOptions, *, keep: bool = False) -> int:
-    """create + start; in the foreground, wait and return the process's exit code (128+signal if killed)."""
+    """create + start; in the foreground, wait and return the process's exit code (128+signal if killed).
+
+    A foreground run ends the container when its caller dies (the caller can no longer stop it or read
+    its status): the init dies with this process (see linux/init.py), and this process learns of its
+    caller's death and kills the init. `--detach` is for containers meant to outlive their caller."""
     from ocirt import syscalls as sc
 
+    watch = None
     if not opts.detach:
         # The init is the intermediate's child: becoming a subreaper makes it ours when the intermediate exits.
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        watch = CallerWatch()
     container, spawned = create(opts, for_run=True)
     container.close()
     try:
+        if watch is not None and watch.gone:
+            raise OcirtError(f"container {opts.container_id!r} not started: the caller of run has exited")
         start(opts.root, opts.container_id)
     except BaseException:
         if not opts.detach:
             _cleanup_after_run(opts)
         raise
-    if opts.detach:
+    if watch is None:
         return 0
+    watch.on_gone = lambda: _kill_pid(spawned.pid)
     exit_code = _wait_foreground(spawned)
+    watch.on_gone = None
     if not keep:
         _cleanup_after_run(opts)
     return exit_code
+
+
+# A real-time signal that nothing forwards to the container: the kernel also sends a parent-death signal
+# when only the thread that forked us exits, and such a stray signal must not reach the container.
+CALLER_GONE_SIGNAL = 64  # SIGRTMAX
+
+
+class CallerWatch:
+    """Learn, through PR_SET_PDEATHSIG, that the process which started this one has died (a job's
+    `/bin/sh -c` wrapper killed by Slurm, a shell that exited). The signal only counts if the parent
+    has really changed."""
+
+    def __init__(self) -> None:
+        import _signal
+
+        from ocirt import syscalls as sc
+
+        self.caller = os.getppid()
+        self.gone = False
+        self.on_gone = None
+        _signal.signal(CALLER_GONE_SIGNAL, self._signalled)
+        sc.prctl(sc.PR_SET_PDEATHSIG, CALLER_GONE_SIGNAL)
+        if os.getppid() != self.caller:
+            # Died before the prctl: no signal will come.
+            self._signalled(CALLER_GONE_SIGNAL, None)
+
+    def _signalled(self, _signum, _frame) -> None:
+        if os.getppid() == self.caller:
+            return
+        self.gone = True
+        if self.on_gone is not None:
+            self.on_gone()
+
+    @property
+    def on_gone(self):
+        return self._on_gone
+
+    @on_gone.setter
+    def on_gone(self, action) -> None:
+        self._on_gone = action
+        if action is not None and self.gone:
+            action()
+
+
+def _kill_pid(pid: int) -> None:
+    # The init is our child until we reap it, so its pid cannot have been reused.
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
 
 
 def _reap_orphans() -> None:

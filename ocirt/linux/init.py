@@ -92,7 +92,7 @@ class InitPlan:
 
     def __init__(self, *, config: dict, bundle: str, container_id: str, rootless: bool, namespaces, rootfs,
                  process, seccomp, cgroup, fifo_path: str, console_socket: str | None, preserve_fds: int,
-                 no_new_keyring: bool, relay_console: bool):
+                 no_new_keyring: bool, relay_console: bool, die_with_runtime: bool = False):
         linux = config.get("linux") or {}
         self.config = config
         self.bundle = bundle
@@ -111,6 +111,8 @@ class InitPlan:
         # None when the config has no process: the init sets everything up, then waits for a start that
         # will refuse.
         self.relay_console = relay_console and process is not None and process.terminal and not console_socket
+        # A foreground `run`: the container must not outlive the runtime that waits for it.
+        self.die_with_runtime = die_with_runtime
         self.hostname = config.get("hostname")
         self.domainname = config.get("domainname")
         self.sysctl = dict(linux.get("sysctl") or {})
@@ -447,7 +449,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
                    preserve_fds=plan.preserve_fds, listener=bool(notify_listener(plan.seccomp)),
                    keyring=None if plan.no_new_keyring else f"_ses.{plan.container_id}",
-                   after_ready=wait_for_start)
+                   after_ready=wait_for_start, die_with_runtime=plan.die_with_runtime)
 
 
 def _wait_without_a_process(proc_fd: int, fifo_fd: int) -> None:
@@ -519,7 +521,7 @@ def _errno_of(err: BaseException | None) -> int | None:
 
 def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: int | None,
                    setgroups_allowed: bool, preserve_fds: int, listener: bool, keyring: str | None,
-                   after_ready=None) -> None:
+                   after_ready=None, die_with_runtime: bool = False) -> None:
     """The steps the init and an exec'd process share, from limits to execve. Never returns.
 
     Once the seccomp filter is loaded the process may only make the syscalls runc makes there, because
@@ -573,6 +575,8 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
 
     with step("switch_user"):
         process.switch_user(proc, setgroups_allowed=setgroups_allowed)
+        if die_with_runtime:
+            _die_with_runtime()
     if not cwd_entered:
         with step("cwd"):
             process.enter_cwd(proc, as_process_user=True)
@@ -594,6 +598,19 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
         denied = AfterFilter(seccomp).denied("execve", err)
         os.write(2, f'ocirt: exec: "{proc.args[0]}": {why(err)}{denied}\n'.encode())
         os._exit(127 if err.errno == 2 else 126)
+
+
+def _die_with_runtime() -> None:
+    """SIGKILL when the runtime (our parent since the intermediate exited) dies, even by SIGKILL.
+
+    After the user switch, which clears the parent-death signal when the ids change (runc restores its
+    own at the same point). Before "ready": if the runtime died before this call, sending "ready" fails
+    and the init exits, so there is no window in which it would outlive the runtime unnoticed. A
+    seccomp profile that denies prctl leaves the container without this guard, not without its process."""
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+    except OSError:
+        pass
 
 
 def _env_dict(env: list[str]) -> dict[str, str]:
