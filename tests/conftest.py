@@ -13,7 +13,8 @@ Fixtures (lazy: a unit test that asks for none of them creates nothing but the s
   leak_tracker          -> LeakTracker      register extra paths/ids for the leak check
 and an autouse leak check after every test that used any of them (or called helpers.run_runtime); after
 every test at all, the host's /dev nodes (helpers.HOST_DEV_NODES) must be as they were when it began.
-Markers: ``rootless`` (runs as a test user), ``engines`` (drives podman/containerd/docker).
+Markers: ``rootless`` (runs as a test user), ``engines`` (drives podman/containerd/docker), ``slurm`` (a
+one-node Slurm cluster, tests/slurm), ``v2host`` (runs in the cgroup v2 guest).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "--engines`; .ci/run runs these too)")
     config.addinivalue_line("markers", "v2host: needs a pure cgroup v2 host with systemd; `scripts/test --v2` "
                                        "runs these in the QEMU guest scripts/v2host boots (.ci/run does too)")
+    config.addinivalue_line("markers", "slurm: drives a one-node Slurm 22.05 cluster (needs `scripts/bootstrap "
+                                       "--engines`, which runs scripts/slurm-setup)")
 
 
 _cgroups_at_start: set[Path] = set()
