@@ -85,13 +85,18 @@ def test_memory_reservation_is_memory_low_and_unified_sets_high(v2bundle, test_d
 
 
 def test_pids_max_stops_forks(v2bundle):
-    # The shell itself and its sleeps fill the limit: read the files once they are gone.
-    bundle = v2bundle(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 2 & done 2>/dev/null; "
-                       "read n < /sys/fs/cgroup/pids.current; echo $n; wait; grep max /sys/fs/cgroup/pids.events"],
-                      resources={"pids": {"limit": 5}})
-    result = run(bundle)
-    current, events = result.stdout.split("\n")[:2]
-    assert int(events.split()[1]) > 0 and int(current) <= 5, result.stdout
+    bundle = v2bundle(["sleep", "600"], resources={"pids": {"limit": 2}})
+    assert bundle.runtime(["run", "-d", "--bundle", str(bundle.path), bundle.id]).returncode == 0
+    try:
+        directory = cgroup_dir(bundle)
+        second = bundle.runtime(["exec", "-d", bundle.id, "sleep", "600"])
+        assert second.returncode == 0, second.stderr
+        third = bundle.runtime(["exec", bundle.id, "true"])
+        assert third.returncode != 0
+        assert int((directory / "pids.current").read_text()) == 2
+        assert int((directory / "pids.events").read_text().split()[1]) > 0
+    finally:
+        bundle.runtime(["delete", "--force", bundle.id])
 
 
 def test_cpu_max_caps_the_cpu_to_wall_ratio(v2bundle):

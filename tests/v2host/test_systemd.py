@@ -92,7 +92,7 @@ def test_bad_paths_are_refused_cleanly(v2bundle, path, message):
 
 
 def test_bad_annotation_is_refused(v2bundle):
-    bundle = v2bundle(["true"])
+    bundle = v2bundle(["true"], cgroups_path=None)
     bundle.config["annotations"] = {"org.systemd.property.lower": "1"}
     bundle.write()
     result = run(bundle, global_args=SYSTEMD)
