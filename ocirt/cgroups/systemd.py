@@ -278,7 +278,7 @@ class Bus:
         address = DBusAddress(path, bus_name=_SYSTEMD, interface=interface)
         try:
             return self.connection.send_and_get_reply(new_method_call(address, method, signature, args),
-                                                      timeout=_JOB_TIMEOUT)
+                                                      timeout=_JOB_TIMEOUT, unwrap=True)
         except DBusErrorResponse as err:
             raise _DBusError(err.name, " ".join(str(item) for item in err.data)) from None
         except TimeoutError:
