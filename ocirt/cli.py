@@ -170,15 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def version_text() -> str:
-    try:
-        import seccomp
+    from ocirt.linux.seccomp import seccomp_support
 
-        libseccomp = ".".join(str(v) for v in seccomp.get_library_version()) if hasattr(
-            seccomp, "get_library_version") else "unknown"
-    except ImportError:
-        libseccomp = "unavailable"
     return (f"ocirt version {__version__}\ncommit: {_commit()}\nspec: {OCI_VERSION}\n"
-            f"python: {sys.version.split()[0]}\nlibseccomp: {libseccomp}")
+            f"python: {sys.version.split()[0]}\nlibseccomp: {seccomp_support()}")
 
 
 def _commit() -> str:

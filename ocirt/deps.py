@@ -22,9 +22,13 @@ REQUIREMENTS = {
     "pyroute2": ("pyroute2", (0, 7), "linux.netDevices", f"{_BOOTSTRAP}, or pip install 'pyroute2>=0.7'"),
     # D-Bus for the systemd cgroup driver (--systemd-cgroup).
     "jeepney": ("jeepney", (0, 7), "the systemd cgroup driver", f"{_BOOTSTRAP}, or pip install 'jeepney>=0.7'"),
-    # libseccomp's own binding, shipped by Debian only (not on PyPI).
-    "seccomp": ("seccomp", None, "linux.seccomp", "apt-get install python3-seccomp"),
+    # libseccomp's own binding, shipped by Debian only (not on PyPI); pip installs get pyseccomp instead.
+    "seccomp": ("seccomp", None, "linux.seccomp",
+                "apt-get install python3-seccomp, or pip install 'ocirt[seccomp]' (pyseccomp)"),
 }
+# module -> a module with the same API that serves when the first one is missing: pyseccomp, a ctypes
+# binding over the system's libseccomp.so.2 on PyPI, builds the same programs as Debian's binding.
+FALLBACKS = {"seccomp": "pyseccomp"}
 
 
 class MissingDependency(OcirtError):
@@ -65,6 +69,8 @@ def problem(module: str) -> str | None:
         if module == "jsonschema":
             import referencing.jsonschema  # noqa: F401 - ships with jsonschema 4.18 and later
     except ImportError as err:
+        if _fallback(module) is not None:
+            return None
         found = version_of(distribution) if minimum else None
         what = f"found {_text(found)}" if found else f"{err.name or module} is not importable"
         return f"{purpose} needs {wanted} ({what}): {install}"
@@ -82,7 +88,18 @@ def require(module: str):
         if reason is not None:
             raise MissingDependency(reason)
         _checked.add(module)
-    return sys.modules[module]
+    return sys.modules[module] if module in sys.modules else _fallback(module)
+
+
+def _fallback(module: str):
+    """The importable stand-in for ``module``, or None."""
+    name = FALLBACKS.get(module)
+    if name is None:
+        return None
+    try:
+        return __import__(name)
+    except (ImportError, RuntimeError):  # pyseccomp raises RuntimeError when libseccomp.so is missing
+        return None
 
 
 _checked: set[str] = set()

@@ -276,10 +276,30 @@ def _comparison(libseccomp, arg: object, where: str) -> tuple[int, object]:
     return index, libseccomp.Arg(index, getattr(libseccomp, OPERATORS[op]), value, value_two)
 
 
-def _build(seccomp: dict) -> tuple[bytes, tuple[str, ...]]:
+def binding():
+    """libseccomp's Python binding: Debian's python3-seccomp, or else pyseccomp from PyPI (the
+    ``ocirt[seccomp]`` extra), which has the same API and builds the same programs (ocirt.deps)."""
     from ocirt.deps import require
 
-    libseccomp = require("seccomp")
+    return require("seccomp")
+
+
+def seccomp_support() -> str:
+    """libseccomp's version, and whether profiles can be compiled here (for --version)."""
+    try:
+        version = libseccomp_version()
+    except OSError:
+        return "unavailable (libseccomp.so.2 is missing: seccomp profiles are refused)"
+    try:
+        binding()
+    except OcirtError:
+        return f"{version} (no Python binding: seccomp profiles are refused; install python3-seccomp " \
+               "or pyseccomp)"
+    return version
+
+
+def _build(seccomp: dict, libseccomp=None) -> tuple[bytes, tuple[str, ...]]:
+    libseccomp = libseccomp or binding()
 
     default_name = seccomp.get("defaultAction")
     if default_name == "SCMP_ACT_NOTIFY":

@@ -37,6 +37,26 @@ SECCOMP_ARCHES = [
 ]
 
 
+def _seccomp() -> dict:
+    """Enabled only where a profile can really be compiled: libseccomp and a Python binding for it."""
+    from ocirt.errors import OcirtError
+    from ocirt.linux.seccomp import binding, libseccomp_version
+
+    try:
+        libseccomp_version()
+        binding()
+    except (OSError, OcirtError):
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "actions": list(SECCOMP_ACTIONS),
+        "operators": list(SECCOMP_OPERATORS),
+        "archs": list(SECCOMP_ARCHES),
+        "knownFlags": list(SECCOMP_FLAGS),
+        "supportedFlags": list(SECCOMP_FLAGS),
+    }
+
+
 def features() -> dict:
     return {
         "ociVersionMin": "1.0.0",
@@ -47,14 +67,7 @@ def features() -> dict:
             "namespaces": list(NAMESPACES),
             "capabilities": list(CAPABILITIES),
             "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": True, "rdma": False},
-            "seccomp": {
-                "enabled": True,
-                "actions": list(SECCOMP_ACTIONS),
-                "operators": list(SECCOMP_OPERATORS),
-                "archs": list(SECCOMP_ARCHES),
-                "knownFlags": list(SECCOMP_FLAGS),
-                "supportedFlags": list(SECCOMP_FLAGS),
-            },
+            "seccomp": _seccomp(),
             "apparmor": {"enabled": True},
             "selinux": {"enabled": True},
             "intelRdt": {"enabled": False},
