@@ -153,7 +153,8 @@ def test_help_and_usage_errors():
     bad_flag = run_cli(["state", "--no-such-flag", "x"])
     assert bad_flag.returncode != 0 and "--no-such-flag" in bad_flag.stderr
     no_id = run_cli(["state"])
-    assert no_id.returncode != 0 and "ID" in no_id.stderr
+    assert no_id.returncode == 1 and '"state" requires exactly 1 argument(s)' in no_id.stderr
+    assert "ocirt state <container-id>" in no_id.stdout
     for result in (unknown, bad_flag, no_id):
         assert result.stderr.count("\n") == 1, result.stderr
 
