@@ -18,6 +18,7 @@ import stat
 from ocirt import syscalls
 from ocirt.errors import ConfigError, OcirtError, why
 from ocirt.linux import paths
+from ocirt.linux.kernel import Kernel, bind
 
 
 class DeviceError(OcirtError):
@@ -121,29 +122,30 @@ def plan_devices(config: dict) -> list[DevicePlan]:
     return list(planned.values())
 
 
-def create_devices(root_fd: int, devices: list[DevicePlan], *, bind: bool, host: HostDevices) -> None:
+def create_devices(kernel: Kernel, root_fd: int, devices: list[DevicePlan], *, bind: bool,
+                   host: HostDevices) -> None:
     old_umask = os.umask(0)
     try:
         for dev in devices:
             parent, name = paths.open_parent(root_fd, dev.path)
             try:
                 if bind:
-                    _bind_host_node(parent, name, dev, host)
+                    _bind_host_node(kernel, parent, name, dev, host)
                 else:
-                    _make_node(parent, name, dev, host)
+                    _make_node(kernel, parent, name, dev, host)
             finally:
                 os.close(parent)
     finally:
         os.umask(old_umask)
 
 
-def _make_node(parent: int, name: str, dev: DevicePlan, host: HostDevices) -> None:
+def _make_node(kernel: Kernel, parent: int, name: str, dev: DevicePlan, host: HostDevices) -> None:
     what = f"create device {dev.path}"
     host.refuse(parent, what)
     rdev = os.makedev(dev.major, dev.minor)
     try:
         try:
-            os.mknod(name, dev.type_bits | dev.file_mode, rdev, dir_fd=parent)
+            node = kernel.mknod(parent, name, dev.type_bits | dev.file_mode, rdev)
         except FileExistsError:
             # Something is already there (the image ships nodes, or a config mount put one there). A node
             # of the right kind is left as it is, owner included; anything else but a directory is
@@ -154,20 +156,16 @@ def _make_node(parent: int, name: str, dev: DevicePlan, host: HostDevices) -> No
             if stat.S_ISDIR(existing.st_mode):
                 raise DeviceError(f"{what}: a directory is in the way") from None
             os.unlink(name, dir_fd=parent)
-            os.mknod(name, dev.type_bits | dev.file_mode, rdev, dir_fd=parent)
-        node = paths.open_beneath(parent, name)
+            node = kernel.mknod(parent, name, dev.type_bits | dev.file_mode, rdev)
         try:
-            made = os.fstat(node)
-            if stat.S_IFMT(made.st_mode) != dev.type_bits or (dev.kind != "p" and made.st_rdev != rdev):
-                raise DeviceError(f"{what}: the node was replaced while it was made")
-            syscalls.chown_fd(node, dev.uid, dev.gid)
+            kernel.chown(node, dev.uid, dev.gid)
         finally:
             os.close(node)
     except OSError as err:
         raise DeviceError(f"{what}: {why(err)}") from None
 
 
-def _bind_host_node(parent: int, name: str, dev: DevicePlan, host: HostDevices) -> None:
+def _bind_host_node(kernel: Kernel, parent: int, name: str, dev: DevicePlan, host: HostDevices) -> None:
     what = f"bind device {dev.path} from the host"
     host.refuse(parent, what)
     try:
@@ -180,13 +178,19 @@ def _bind_host_node(parent: int, name: str, dev: DevicePlan, host: HostDevices) 
                 dev.kind != "p" and node.st_rdev != os.makedev(dev.major, dev.minor)):
             raise DeviceError(f"bind device {dev.path}: the host's node is not {dev.kind} "
                               f"{dev.major}:{dev.minor}")
-        target = _mount_target(parent, name, 0o000, f"bind device {dev.path}")
-        try:
-            _bind_onto(host_fd, target, what)
-        finally:
-            os.close(target)
+        _bind_and_close(kernel, host_fd, _mount_target(parent, name, 0o000, f"bind device {dev.path}"), what)
     finally:
         os.close(host_fd)
+
+
+def _bind_and_close(kernel: Kernel, source: int, target: int, what: str) -> None:
+    """Bind ``source`` (a node, a pty slave) onto ``target``, which is closed whatever happens."""
+    try:
+        bind(kernel, source, target)
+    except OSError as err:
+        raise DeviceError(f"{what}: {why(err)}") from None
+    finally:
+        os.close(target)
 
 
 def _mount_target(dir_fd: int, name: str, mode: int, what: str) -> int:
@@ -215,18 +219,6 @@ def _mount_target(dir_fd: int, name: str, mode: int, what: str) -> int:
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise DeviceError(f"{what}: it became a symlink") from None
-        raise DeviceError(f"{what}: {why(err)}") from None
-
-
-def _bind_onto(source_fd: int, target_fd: int, what: str) -> None:
-    """Attach a clone of the mount at ``source_fd`` (a node, or a pty slave) onto ``target_fd``."""
-    try:
-        tree = paths.clone_tree(source_fd, recursive=False)
-        try:
-            paths.attach(tree, target_fd)
-        finally:
-            os.close(tree)
-    except OSError as err:
         raise DeviceError(f"{what}: {why(err)}") from None
 
 
@@ -262,7 +254,7 @@ def create_dev_symlinks(root_fd: int, *, kcore: bool, host: HostDevices) -> None
         os.close(dev_fd)
 
 
-def bind_console(root_fd: int, console: str | int, host: HostDevices) -> None:
+def bind_console(kernel: Kernel, root_fd: int, console: str | int, host: HostDevices) -> None:
     """Bind the pty slave ``console`` onto /dev/console inside the rootfs.
 
     ``console`` is an open fd of the slave (best: nothing can swap it), ``/proc/self/fd/<n>``, or a host
@@ -287,10 +279,7 @@ def bind_console(root_fd: int, console: str | int, host: HostDevices) -> None:
             target = _console_target(dev_fd, host)
         finally:
             os.close(dev_fd)
-        try:
-            _bind_onto(source, target, "bind console on /dev/console")
-        finally:
-            os.close(target)
+        _bind_and_close(kernel, source, target, "bind console on /dev/console")
     finally:
         os.close(source)
 

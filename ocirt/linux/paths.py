@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
 from ocirt import syscalls
 from ocirt.errors import OcirtError, why
@@ -56,16 +55,21 @@ def mkdir_all(root_fd: int, path: str, mode: int = 0o755) -> int:
     target inside the root, which is then created (never on the host). Components we create are real
     directories. Fails when a component exists and is not a directory.
     """
+    return _open_creating(root_fd, path, mode, directory=True)
+
+
+def _open_creating(root_fd: int, path: str, mode: int, *, directory: bool) -> int:
     target = clean(path)
+    flags = syscalls.O_PATH | (os.O_DIRECTORY if directory else 0)
     for _hop in range(_MAX_LINK_HOPS):
         try:
-            return open_in_root(root_fd, target, syscalls.O_PATH | os.O_DIRECTORY)
+            return open_in_root(root_fd, target, flags)
         except OSError as err:
-            if err.errno == errno.ENOTDIR:
+            if directory and err.errno == errno.ENOTDIR:
                 raise PathError(f"{target} inside the rootfs is not a directory") from None
             if err.errno != errno.ENOENT:
                 raise PathError(f"cannot open {target} inside the rootfs: {why(err)}") from None
-        made, redirected = _walk_creating(root_fd, target, mode, final_file=False)
+        made, redirected = _walk_creating(root_fd, target, mode, final_file=not directory)
         if made is not None:
             return made
         target = redirected
@@ -153,18 +157,7 @@ def create_file(root_fd: int, path: str, mode: int = 0o644) -> int:
     be a device node or a directory the caller then rejects. Missing parents are created as by
     ``mkdir_all``.
     """
-    target = clean(path)
-    for _hop in range(_MAX_LINK_HOPS):
-        try:
-            return open_in_root(root_fd, target)
-        except OSError as err:
-            if err.errno != errno.ENOENT:
-                raise PathError(f"cannot open {target} inside the rootfs: {why(err)}") from None
-        made, redirected = _walk_creating(root_fd, target, mode, final_file=True)
-        if made is not None:
-            return made
-        target = redirected
-    raise PathError(f"cannot create {clean(path)} inside the rootfs: too many levels of symbolic links")
+    return _open_creating(root_fd, path, mode, directory=False)
 
 
 def open_parent(root_fd: int, path: str, *, create: bool = True) -> tuple[int, str]:
@@ -193,111 +186,3 @@ def lstat_in_root(root_fd: int, path: str) -> os.stat_result | None:
         return None
     finally:
         os.close(parent)
-
-
-def fd_path(fd: int) -> str:
-    """The magic-link path through which mount(2) and friends reach the object ``fd`` refers to."""
-    return f"/proc/self/fd/{fd}"
-
-
-
-# fd-based mounting: nothing below ever passes a path string that a symlink could redirect.
-
-def clone_tree(source_fd: int, *, recursive: bool) -> int:
-    """A detached copy of the mount (tree) at ``source_fd``, ready for ``attach``."""
-    flags = syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC | syscalls.AT_EMPTY_PATH
-    if recursive:
-        flags |= syscalls.AT_RECURSIVE
-    return syscalls.open_tree(source_fd, "", flags)
-
-
-def clone_path(source: str, *, recursive: bool) -> int:
-    """``clone_tree`` of a host path (trusted: it comes from the config, not from the rootfs)."""
-    flags = syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC
-    if recursive:
-        flags |= syscalls.AT_RECURSIVE
-    return syscalls.open_tree(syscalls.AT_FDCWD, source, flags)
-
-
-def attach(tree_fd: int, target_fd: int) -> None:
-    """Mount the detached tree ``tree_fd`` on the object ``target_fd`` refers to."""
-    syscalls.move_mount(tree_fd, "", target_fd, "",
-                        syscalls.MOVE_MOUNT_F_EMPTY_PATH | syscalls.MOVE_MOUNT_T_EMPTY_PATH)
-
-
-def set_attrs(mount_fd: int, *, attr_set: int = 0, attr_clr: int = 0, propagation: int = 0,
-              recursive: bool = False, userns_fd: int = 0) -> None:
-    flags = syscalls.AT_EMPTY_PATH | (syscalls.AT_RECURSIVE if recursive else 0)
-    syscalls.mount_setattr(mount_fd, "", flags, attr_set, attr_clr, propagation, userns_fd)
-
-
-
-def copy_tree(src_dir_fd: int, dst_dir_fd: int) -> None:
-    """Copy the contents of one directory into another, both given as readable directory fds.
-
-    Used for ``tmpcopyup``: the source is the image's directory, so nothing is ever followed (every open
-    uses ``O_NOFOLLOW``; symlinks are copied as links). Ownership and modes are kept where the kernel lets
-    us (in a user namespace unmapped owners can't be set, and device nodes can't be made: those are left
-    out, as they would be unusable anyway).
-    """
-    for entry in os.scandir(src_dir_fd):
-        name = entry.name
-        st = entry.stat(follow_symlinks=False)
-        mode = stat.S_IFMT(st.st_mode)
-        if mode == stat.S_IFDIR:
-            os.mkdir(name, 0o700, dir_fd=dst_dir_fd)
-            src = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir_fd)
-            try:
-                dst = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=dst_dir_fd)
-                try:
-                    copy_tree(src, dst)
-                    _copy_owner_and_mode(dst, st)
-                finally:
-                    os.close(dst)
-            finally:
-                os.close(src)
-        elif mode == stat.S_IFREG:
-            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir_fd)
-            try:
-                dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                              dir_fd=dst_dir_fd)
-                try:
-                    remaining = st.st_size
-                    while remaining > 0:
-                        copied = os.sendfile(dst, src, None, min(remaining, 1 << 30))
-                        if copied == 0:
-                            break
-                        remaining -= copied
-                    _copy_owner_and_mode(dst, st)
-                finally:
-                    os.close(dst)
-            finally:
-                os.close(src)
-        elif mode == stat.S_IFLNK:
-            os.symlink(os.readlink(name, dir_fd=src_dir_fd), name, dir_fd=dst_dir_fd)
-            try:
-                os.chown(name, st.st_uid, st.st_gid, dir_fd=dst_dir_fd, follow_symlinks=False)
-            except OSError as err:
-                if err.errno not in (errno.EPERM, errno.EINVAL):
-                    raise
-        elif mode in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
-            try:
-                os.mknod(name, mode | stat.S_IMODE(st.st_mode), st.st_rdev, dir_fd=dst_dir_fd)
-            except PermissionError:
-                continue
-            try:
-                os.chown(name, st.st_uid, st.st_gid, dir_fd=dst_dir_fd, follow_symlinks=False)
-            except OSError as err:
-                if err.errno not in (errno.EPERM, errno.EINVAL):
-                    raise
-        # sockets are not copied: they are meaningless without their listener
-
-
-def _copy_owner_and_mode(fd: int, st: os.stat_result) -> None:
-    try:
-        os.fchown(fd, st.st_uid, st.st_gid)
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.EINVAL):
-            raise
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
