@@ -103,7 +103,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         raise ConfigError("rootless containers need a user namespace: add {\"type\": \"user\"} to "
                           "linux.namespaces with uidMappings and gidMappings (see `ocirt spec --rootless`)")
     # runtime.md: create applies everything but process, and "start ... MUST generate an error if process
-    # was not set": without one the init sets the container up and waits, and start refuses.
+    # was not set": without one the init sets the container up and waits; at start it reports the error and
+    # exits, so the container is stopped, as after a failing startContainer hook.
     process = config.get("process")
     if not process and for_run:
         raise ConfigError("$.process: run needs a process to start (create accepts a config without one)")
@@ -216,8 +217,6 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         container.runtime["start_time"] = spawned.start_time
         hooks = config.get("hooks") or {}
         container.runtime["hooks"] = {k: hooks[k] for k in ("poststart", "poststop") if hooks.get(k)}
-        if process_plan is None:
-            container.runtime["no_process"] = True
         container.save()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, spawned.pid)
@@ -419,8 +418,6 @@ def start(root: str, container_id: str) -> None:
                 raise InvalidState(f"cannot start container {container_id!r}: it is stopped")
             raise InvalidState(f"cannot start container {container_id!r} in status {status}: "
                                "it is not in the created state")
-        if container.runtime.get("no_process"):
-            raise InvalidState(f"cannot start container {container_id!r}: its config has no process to run")
         _release_init(container)
         hooks = container.runtime.get("hooks") or {}
         if hooks.get("poststart"):

@@ -444,7 +444,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
     if plan.process is None:
         channel.send("ready")
         channel.close()
-        _wait_without_a_process(proc_fd, fifo_fd)
+        _wait_without_a_process(proc_fd, fifo_fd, plan.container_id)
     finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
                    preserve_fds=plan.preserve_fds, listener=bool(notify_listener(plan.seccomp)),
@@ -452,11 +452,11 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
                    after_ready=wait_for_start, die_with_runtime=plan.die_with_runtime)
 
 
-def _wait_without_a_process(proc_fd: int, fifo_fd: int) -> None:
-    """The init of a config without process: blocked on the exec fifo until delete kills it. `start`
-    refuses such a container without opening the fifo; anyone who opens it anyway reads the reason."""
+def _wait_without_a_process(proc_fd: int, fifo_fd: int, container_id: str) -> None:
+    """The init of a config without process waits on the exec fifo like any other; when `start` opens it,
+    it sends start its error and exits (runtime.md: start "MUST generate an error if process was not set")."""
     fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    os.write(fd, b"Ethe container's config has no process to run")
+    os.write(fd, f"Ecannot start container {container_id!r}: its config has no process to run".encode())
     os._exit(1)
 
 
