@@ -423,7 +423,10 @@ def start(root: str, container_id: str) -> None:
         if hooks.get("poststart"):
             from ocirt.hooks import run_hooks_logged
 
-            run_hooks_logged(hooks["poststart"], "poststart", container.spec_state())
+            # The state of lifecycle step 9, right after the program was executed: running, with its pid,
+            # even when a short program has already exited by the time the hook runs (crun does the same).
+            state = dict(container.spec_state(), status=RUNNING, pid=container.pid)
+            run_hooks_logged(hooks["poststart"], "poststart", state)
     finally:
         container.close()
 

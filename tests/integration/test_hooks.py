@@ -204,3 +204,26 @@ def test_a_hook_whose_path_does_not_exist_fails_create(make_bundle, test_dir):
     assert result.returncode != 0
     assert "/no/such/hook" in result.stderr and "no such file or directory" in result.stderr
     nothing_left(bundle)
+
+
+def test_poststart_sees_running_and_the_pid_even_when_the_program_already_exited(make_bundle, test_dir):
+    """Lifecycle step 9 follows step 8 (the program runs): a program as short as `true` may be gone by then,
+    but the hook still gets the state of that step (runtime-tools' hooks_stdin checks it; crun does so)."""
+    bundle, log_dir = hook_bundle(make_bundle, test_dir, args=["true"])
+    bundle.config["hooks"] = {"poststart": [recording_hook("poststart", log_dir)]}
+    assert bundle.create().returncode == 0
+    # `start` with 0.3 s added to its unlink of the exec fifo (after the program's execve, before the hooks):
+    # `true` has then always exited when the poststart hooks run.
+    slow = test_dir / "slow-runtime"
+    slow.write_text("#!/bin/sh\nexec strace -qq -o /dev/null -e trace=unlink -e inject=unlink:delay_enter=300000 "
+                    f'{helpers.runtime_path()} "$@"\n')
+    slow.chmod(0o755)
+    try:
+        pid = bundle.state()["pid"]
+        assert bundle.start(runtime=str(slow)).returncode == 0
+        state = json.loads((log_dir / "poststart.json").read_text())
+        assert state["status"] == "running"
+        assert state["pid"] == pid
+    finally:
+        bundle.delete(force=True)
+    nothing_left(bundle)
