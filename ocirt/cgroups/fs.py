@@ -173,3 +173,22 @@ def writable(directory: str, *, ancestor_procs: bool) -> bool:
         return os.access(os.path.join(directory, "cgroup.procs"), os.W_OK)
     return os.access(probe, os.W_OK | os.X_OK) and (
         not ancestor_procs or os.access(os.path.join(probe, "cgroup.procs"), os.W_OK))
+
+
+# -- freezing -------------------------------------------------------------------------------------------------
+
+def freeze_loop(directory: str, request, frozen, thaw, timeout: float) -> None:
+    """Ask for a freeze with ``request(first)``, poll ``frozen()`` until it holds; on timeout ``thaw()`` and raise.
+
+    v1 needs the request repeated while the cgroup is FREEZING, v2 only once; both wait the same way.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    request(True)
+    while not frozen():
+        if time.monotonic() > deadline:
+            thaw()
+            raise CgroupError(f"cannot freeze {directory}: the tasks did not freeze within {timeout:g}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        request(False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from ocirt.cgroups import fs
 from ocirt.errors import CgroupError, why
@@ -208,17 +207,12 @@ def copy_cpuset_from_parent(directory: str) -> None:
 
 
 def freeze(directory: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
+    def request(_first: bool) -> None:
+        # A cgroup stuck in FREEZING moves on when FROZEN is written again.
         fs.write(directory, "freezer.state", "FROZEN")
-        if fs.read(directory, "freezer.state") == "FROZEN":
-            return
-        if time.monotonic() > deadline:
-            fs.write(directory, "freezer.state", "THAWED")
-            raise CgroupError(f"cannot freeze {directory}: the tasks did not freeze within {timeout:g}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+
+    fs.freeze_loop(directory, request, lambda: fs.read(directory, "freezer.state") == "FROZEN",
+                   lambda: thaw(directory), timeout)
 
 
 def thaw(directory: str) -> None:

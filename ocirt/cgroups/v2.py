@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from ocirt.cgroups import fs
 from ocirt.errors import CgroupError, why
@@ -264,15 +263,11 @@ def missing_for_user(base: str) -> list[str]:
 
 
 def freeze(directory: str, timeout: float = 5.0) -> None:
-    fs.write(directory, "cgroup.freeze", "1")
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while not is_frozen(directory):
-        if time.monotonic() > deadline:
-            fs.write(directory, "cgroup.freeze", "0")
-            raise CgroupError(f"cannot freeze {directory}: the tasks did not freeze within {timeout:g}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+    def request(first: bool) -> None:
+        if first:
+            fs.write(directory, "cgroup.freeze", "1")
+
+    fs.freeze_loop(directory, request, lambda: is_frozen(directory), lambda: thaw(directory), timeout)
 
 
 def thaw(directory: str) -> None:

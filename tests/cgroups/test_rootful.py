@@ -157,20 +157,23 @@ def test_freeze_stops_a_counter_and_thaw_resumes_it(cgroup_prefix, spawn, tmp_pa
     counter.write_text("0")
     manager = cgroups.open_manager("c1", f"{cgroup_prefix}/c1", rootless=False, resources=None)
     manager.create()
+    # Each value is written to a side file and renamed over the counter, so a read sees a whole number:
+    # a read racing a plain overwrite of the file could see it half-written.
     child = spawn(
         "import os, time\n"
-        f"fd = os.open({str(counter)!r}, os.O_WRONLY)\n"
         "n = 0\n"
         "while True:\n"
         "    n += 1\n"
-        "    os.pwrite(fd, b'%20d' % n, 0)\n"
+        f"    with open({str(counter) + '.new'!r}, 'w') as out:\n"
+        "        out.write(str(n))\n"
+        f"    os.rename({str(counter) + '.new'!r}, {str(counter)!r})\n"
         "    time.sleep(0.002)\n"
     )
     manager.apply(child.pid)
     child.release()
 
     def value() -> int:
-        return int(counter.read_text() or 0)
+        return int(counter.read_text())
 
     assert wait_for(lambda: value() > 3)
     manager.freeze()
