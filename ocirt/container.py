@@ -141,7 +141,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         from ocirt import cgroups
 
         cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
-                                      resources=_with_default_device_rules(linux),
+                                      resources=linux.get("resources"),
                                       systemd=opts.systemd_cgroup, annotations=config.get("annotations"))
         # Rootless, skipping an undelegated controller is the expected case: a notice in the log.
         for notice in cgroup.notices:
@@ -230,30 +230,6 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         container.remove()
         container.close()
         raise
-
-
-# The devices every container gets (config-linux.md "Default Devices"), /dev/pts and /dev/console, plus mknod
-# of any node (the device rules still decide who may open it): allowed after the config's own rules, so a
-# "deny all" first rule doesn't take away what the spec promises.
-_DEFAULT_DEVICE_RULES = [
-    {"allow": True, "type": "c", "access": "m"}, {"allow": True, "type": "b", "access": "m"},
-    *({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
-      for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2))),
-    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
-]
-
-
-def _with_default_device_rules(linux: dict) -> dict | None:
-    resources = linux.get("resources")
-    if resources is None or "devices" not in resources:
-        return resources
-    rules = list(resources["devices"])
-    rules += _DEFAULT_DEVICE_RULES
-    for dev in linux.get("devices") or []:
-        if dev.get("type") in ("c", "b", "u"):
-            rules.append({"allow": True, "type": "c" if dev["type"] == "u" else dev["type"],
-                          "major": dev.get("major"), "minor": dev.get("minor"), "access": "rwm"})
-    return dict(resources, devices=rules)
 
 
 NOTIFY_SOCKET_IN_CONTAINER = "/run/notify/notify.sock"

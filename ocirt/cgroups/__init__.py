@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 
-from ocirt.cgroups import fs, v1, v2
+from ocirt.cgroups import devices, fs, v1, v2
 from ocirt.errors import CgroupError
 
 # typing, signal and enum cost milliseconds at import; this module is on every command's path.
@@ -231,13 +231,20 @@ class _Resolver:
 
 def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
                  resources: dict | None, systemd: bool = False, annotations: dict | None = None) -> Manager:
+    """The manager of a new container.
+
+    Device access is always set where a devices controller exists: deny all, then the config's rules, then
+    the default devices (see `devices`); on a pure cgroup v2 host only when the config names rules.
+    """
+    mode = detect_mode()
+    table = mounts()
+    if (mode != "v2" and "devices" in table.v1) or (resources or {}).get("devices"):
+        resources = devices.with_rules(resources)
     if systemd:
         from ocirt.cgroups.systemd import open_systemd_manager
 
         return open_systemd_manager(container_id, cgroups_path, rootless=rootless, resources=resources,
                                     annotations=annotations)
-    mode = detect_mode()
-    table = mounts()
     resolver = _Resolver(container_id, cgroups_path, rootless, pure_v2=mode == "v2")
     notices: list[str] = []
     paths: dict[str, str] = {}

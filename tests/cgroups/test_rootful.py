@@ -271,14 +271,29 @@ def test_update_lowers_limits_live(cgroup_prefix, spawn):
     manager.destroy()
 
 
-def test_devices_rules_are_written_in_order(cgroup_prefix):
+DEFAULT_DEVICE_LINES = ["c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                        "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"]
+
+
+def test_devices_rules_are_written_in_order_then_the_defaults(cgroup_prefix):
+    # Order matters: the deny of w comes after the allow of rw and takes w back.
     resources = {"devices": [{"allow": False, "access": "rwm"},
-                             {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
-                             {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "r"}]}
+                             {"allow": True, "type": "c", "major": 1, "minor": 11, "access": "rw"},
+                             {"allow": False, "type": "c", "major": 1, "minor": 11, "access": "w"},
+                             {"allow": False, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}
     manager = cgroups.open_manager("c1", f"{cgroup_prefix}/c1", rootless=False, resources=resources)
     devices = v1_only(manager, "devices")
     manager.create()
-    assert fs.read(devices, "devices.list").splitlines() == ["c 1:3 rwm", "c 1:5 r"]
+    # The default devices come last, so a config can't take /dev/null away.
+    assert fs.read(devices, "devices.list").splitlines() == ["c 1:11 r", *DEFAULT_DEVICE_LINES]
+    manager.destroy()
+
+
+def test_devices_are_denied_by_default(cgroup_prefix):
+    manager = cgroups.open_manager("c1", f"{cgroup_prefix}/c1", rootless=False, resources=None)
+    devices = v1_only(manager, "devices")
+    manager.create()
+    assert fs.read(devices, "devices.list").splitlines() == DEFAULT_DEVICE_LINES
     manager.destroy()
 
 
