@@ -141,7 +141,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         from ocirt import cgroups
 
         cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
-                                      resources=linux.get("resources"),
+                                      resources=linux.get("resources"), owner=cgroups.owner_of(container.dir),
                                       systemd=opts.systemd_cgroup, annotations=config.get("annotations"))
         # Rootless, skipping an undelegated controller is the expected case: a notice in the log.
         for notice in cgroup.notices:
@@ -495,7 +495,8 @@ def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False)
         if all_processes and container.runtime.get("cgroup"):
             from ocirt import cgroups
 
-            manager = cgroups.load_manager(container.runtime["cgroup"])
+            manager = cgroups.container_manager(container)
+            assert manager is not None
             manager.kill_all(sig)
             if status == PAUSED and sig == 9:
                 manager.thaw()
@@ -541,19 +542,19 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
         if status in (CREATING, CREATED) and not force:
             # runtime.md: deleting a container that is not stopped MUST fail (runc deletes a created one).
             raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
-        if status != STOPPED:
-            _kill_and_wait(container)
-        destroy(container)
+        # The cgroups are verified once, while the init still lives (its own cgroups are evidence then).
+        manager = _kill_and_wait(container) if status != STOPPED else None
+        destroy(container, manager)
     finally:
         container.close()
 
 
-def _kill_and_wait(container: Container) -> None:
+def _kill_and_wait(container: Container):
     manager = None
     if container.runtime.get("cgroup"):
         from ocirt import cgroups
 
-        manager = cgroups.load_manager(container.runtime["cgroup"])
+        manager = cgroups.container_manager(container)
     if container.init_alive():
         try:
             _signal_init(container, 9)
@@ -570,15 +571,17 @@ def _kill_and_wait(container: Container) -> None:
         if time.monotonic() > deadline:
             raise OcirtError(f"container {container.id!r}: its init did not die after SIGKILL")
         time.sleep(0.002)
+    return manager
 
 
-def destroy(container: Container) -> None:
+def destroy(container: Container, manager=None) -> None:
     """Release everything a stopped container still holds, then forget it."""
     runtime = container.runtime
     if runtime.get("cgroup"):
         from ocirt import cgroups
 
-        manager = cgroups.load_manager(runtime["cgroup"])
+        manager = manager or cgroups.container_manager(container)
+        assert manager is not None
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -725,7 +728,7 @@ def exec_process(opts: ExecOptions) -> int:
         if container.runtime.get("cgroup"):
             from ocirt import cgroups
 
-            cgroup = cgroups.load_manager(container.runtime["cgroup"])
+            cgroup = cgroups.container_manager(container)
         rootless = bool(container.runtime.get("rootless"))
         from ocirt.linux.idmap import is_own_single_map
 

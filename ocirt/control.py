@@ -27,7 +27,9 @@ def _manager(container: Container) -> Manager:
         raise OcirtError(f"container {container.id!r} has no cgroup: its state predates cgroup management")
     from ocirt import cgroups
 
-    return cgroups.load_manager(saved)
+    manager = cgroups.container_manager(container)
+    assert manager is not None
+    return manager
 
 
 # -- update ---------------------------------------------------------------------------------------------------

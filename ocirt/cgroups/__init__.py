@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 _SIGKILL = 9
 
-__all__ = ["DEVICES_ROOTLESS_NOTICE", "STATE_VERSION", "UNIFIED", "CgroupError", "Manager", "Mount", "detect_mode",
-           "load_manager", "mounts", "open_manager", "own_cgroups", "parse_mountinfo"]
+__all__ = ["DEVICES_ROOTLESS_NOTICE", "STATE_VERSION", "UNIFIED", "CgroupError", "Manager", "Mount",
+           "container_manager", "detect_mode", "load_manager", "mounts", "open_manager", "own_cgroups", "owner_of",
+           "parse_mountinfo"]
 
 V1_CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
                   "net_cls", "net_prio", "perf_event", "rdma", "misc", "name=systemd")
@@ -168,6 +169,12 @@ def _is_ancestor_or_same(candidate: str, path: str) -> bool:
     return path == candidate or path.startswith(candidate.rstrip("/") + "/")
 
 
+def _inside(directory: str, mount: Mount) -> bool:
+    """A real directory strictly below the mount point, named without `..`, `.` or symlinks."""
+    return posixpath.isabs(directory) and posixpath.normpath(directory) == directory and \
+        directory.startswith(mount.mountpoint.rstrip("/") + "/") and os.path.realpath(directory) == directory
+
+
 def _owned(directory: str) -> bool:
     try:
         return os.stat(directory).st_uid == os.geteuid()
@@ -189,49 +196,79 @@ def _fix_hint(user: str, controllers: list[str]) -> str:
 
 
 class _Resolver:
-    """Turns (cgroupsPath, rootless) into one directory per hierarchy."""
+    """Turns (cgroupsPath, rootless) into one directory per hierarchy.
+
+    Rootful, the path is runc's. Rootless, a hierarchy is used where the caller may create (or already
+    owns) the directory, decided from the target path as runc decides: its nearest existing ancestor must
+    be writable by the caller. A relative path is tried beneath the caller's own cgroup first (which covers
+    a subtree root delegated there, such as `<own cgroup>/sandbox`), then beneath `ocirt/<user>`, the
+    default subtree of `ocirt cgroup delegate`.
+    """
 
     def __init__(self, container_id: str, cgroups_path: str | None, rootless: bool, pure_v2: bool = False):
         self.pure_v2 = pure_v2
         self.inner = _clean(cgroups_path) if cgroups_path else container_id
         if self.inner in ("", "/"):
             raise CgroupError(f"cgroupsPath {cgroups_path!r} names the root cgroup; a container needs its own")
+        self.explicit = bool(cgroups_path)
         self.rootless = rootless
         self.own = own_cgroups()
         self.user = _user_name() if rootless else ""
+        # The first directory the caller could not use, for the message when none is usable.
+        self.refused: str | None = None
 
-    def base(self, mount: Mount, key: str) -> str | None:
-        own_dir = _own_dir(mount, self.own.get(key))
+    def own_dir(self, mount: Mount, key: str) -> str:
+        """The caller's own cgroup in this hierarchy (what it migrates from, and what is never the container's)."""
+        return _own_dir(mount, self.own.get(key))
+
+    def base_dir(self, mount: Mount, key: str) -> str:
+        own_dir = self.own_dir(mount, key)
         if key == UNIFIED and self.pure_v2 and own_dir != mount.mountpoint.rstrip("/"):
             # As runc: beside our own cgroup, not in it. On v2 a cgroup that holds processes (ours does)
             # can give no controller to its children.
             own_dir = posixpath.dirname(own_dir)
+        return own_dir
+
+    def candidates(self, mount: Mount, key: str) -> list[str]:
+        if self.inner.startswith("/"):
+            found = [posixpath.join(mount.mountpoint, self.inner.lstrip("/"))]
+        else:
+            found = [posixpath.join(self.base_dir(mount, key), self.inner)]
+            if self.rootless:
+                delegated = posixpath.join(mount.mountpoint, "ocirt", self.user)
+                if os.path.isdir(delegated) and _owned(delegated):
+                    found.append(posixpath.join(delegated, self.inner))
+        own_dir = self.own_dir(mount, key)
+        for path in found:
+            if path.rstrip("/") == mount.mountpoint.rstrip("/") or _is_ancestor_or_same(path, own_dir):
+                raise CgroupError(f"refusing cgroup {path} for the container: it holds the runtime's own cgroup")
+        return found
+
+    def directory(self, mount: Mount, key: str, *, unified: bool = False) -> str | None:
+        """The directory to use in this hierarchy, or None (rootless) when the caller may use none."""
+        found = self.candidates(mount, key)
         if not self.rootless:
-            return own_dir
-        if _owned(own_dir):
-            return own_dir
-        delegated = posixpath.join(mount.mountpoint, "ocirt", self.user)
-        if os.path.isdir(delegated) and _owned(delegated):
-            return delegated
+            return found[0]
+        for path in found:
+            usable = fs.migratable(path, self.own_dir(mount, key)) if unified else \
+                fs.writable(path, ancestor_procs=False)
+            if usable:
+                return path
+        self.refused = self.refused or found[0]
         return None
 
-    def directory(self, mount: Mount, key: str) -> str | None:
-        if self.inner.startswith("/"):
-            path = posixpath.join(mount.mountpoint, self.inner.lstrip("/"))
-        else:
-            base = self.base(mount, key)
-            if base is None:
-                return None
-            path = posixpath.join(base, self.inner)
-        own_dir = _own_dir(mount, self.own.get(key))
-        if path.rstrip("/") == mount.mountpoint.rstrip("/") or _is_ancestor_or_same(path, own_dir):
-            raise CgroupError(f"refusing cgroup {path} for the container: it holds the runtime's own cgroup")
-        return path
+    def no_usable_path(self) -> CgroupError:
+        """Rootless, a cgroupsPath the config names and the caller can use nowhere is an error, as in runc."""
+        where = f" (e.g. {self.refused}: permission denied)" if self.refused else ""
+        return CgroupError(f"cannot use cgroupsPath {self.inner!r}: user {self.user} may not create or join it in "
+                           f"any cgroup hierarchy{where}; run `ocirt cgroup delegate --user {self.user}` as root, "
+                           "or leave linux.cgroupsPath out to run without cgroup limits")
 
 
 def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
-                 resources: dict | None, systemd: bool = False, annotations: dict | None = None) -> Manager:
-    """The manager of a new container.
+                 resources: dict | None, owner: str | None = None, systemd: bool = False,
+                 annotations: dict | None = None) -> Manager:
+    """The manager of a new container. ``owner`` (its state directory) tags the cgroups create() makes.
 
     Device access is always set where a devices controller exists: deny all, then the config's rules, then
     the default devices (see `devices`); on a pure cgroup v2 host only when the config names rules.
@@ -254,18 +291,20 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
     if mode == "v2":
         steps_v2 = v2.plan(resources, notices, rootless=rootless)
         assert table.v2 is not None
-        directory = resolver.directory(table.v2, UNIFIED)
-        if directory is None or (rootless and not fs.writable(directory, ancestor_procs=True)):
+        directory = resolver.directory(table.v2, UNIFIED, unified=True)
+        if directory is None:
             needed = sorted(v2.controllers_needed(steps_v2))
             if needed:
                 raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
                                   f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")
+            if resolver.explicit:
+                raise resolver.no_usable_path()
             notices.append(f"no cgroup is delegated to user {resolver.user}: cgroup limits are not applied")
         else:
             paths[UNIFIED] = directory
             if rootless:
                 _report_undelegated(directory, v2.controllers_needed(steps_v2), resolver.user, notices)
-        return Manager(container_id, mode, rootless, paths, table.v2.mountpoint, resources, notices)
+        return Manager(container_id, mode, rootless, paths, table.v2.mountpoint, resources, notices, owner=owner)
 
     steps_v1 = v1.plan(v1_resources, notices)
     needed_v1 = {controller for controller, _name, _value in steps_v1}
@@ -277,7 +316,7 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
             notices.append(DEVICES_ROOTLESS_NOTICE)
             continue
         directory = resolver.directory(mount, controller)
-        if directory is not None and (not rootless or fs.writable(directory, ancestor_procs=False)):
+        if directory is not None:
             paths[controller] = directory
         elif controller in needed_v1:
             raise CgroupError(f"cannot apply {controller} limits: the {controller} cgroup is not delegated to "
@@ -288,24 +327,28 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
         if not (rootless and controller == "devices"):
             raise CgroupError(f"cannot apply {controller} limits: the {controller} cgroup controller is not "
                               "mounted on this host")
-    if skipped:
-        notices.append(f"cgroup controllers not delegated to user {resolver.user}, so not used: "
-                       f"{', '.join(skipped)}")
 
     v2_mountpoint = None
     if mode == "hybrid" and table.v2 is not None:
         v2_mountpoint = table.v2.mountpoint
         steps_v2 = v2.plan(unified_resources, notices)
-        # Rootless, the unified hierarchy only matters when a limit lives there: moving a task into
-        # it needs write access to the common ancestor, which an unprivileged user rarely has.
-        if not rootless or steps_v2:
-            directory = resolver.directory(table.v2, UNIFIED)
-            if directory is None or (rootless and not fs.writable(directory, ancestor_procs=True)):
-                needed = sorted(v2.controllers_needed(steps_v2)) or ["unified"]
-                raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
-                                  f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")
+        # Rootless, the cgroup2 tree is joined where the kernel lets the caller move itself there (the
+        # common ancestor's cgroup.procs is writable): a limit there then works, and an exec'd process
+        # lands in the container's cgroup2 directory like the init. Where it may not, only a limit that
+        # lives in cgroup2 makes that an error.
+        directory = resolver.directory(table.v2, UNIFIED, unified=True)
+        if directory is not None:
             paths[UNIFIED] = directory
-    return Manager(container_id, mode, rootless, paths, v2_mountpoint, resources, notices)
+        elif steps_v2:
+            needed = sorted(v2.controllers_needed(steps_v2)) or ["unified"]
+            raise CgroupError(f"cannot apply {', '.join(needed)} limits: no cgroup v2 subtree is delegated "
+                              f"to user {resolver.user}; {_fix_hint(resolver.user, needed)}")
+    if rootless and resolver.explicit and not paths:
+        raise resolver.no_usable_path()
+    if skipped:
+        notices.append(f"cgroup controllers not delegated to user {resolver.user}, so not used: "
+                       f"{', '.join(skipped)}")
+    return Manager(container_id, mode, rootless, paths, v2_mountpoint, resources, notices, owner=owner)
 
 
 def _report_undelegated(directory: str, needed: set[str], user: str, notices: list[str]) -> None:
@@ -337,20 +380,56 @@ def _split_resources(mode: str, table: _MountTable, resources: dict | None) -> t
     return v1_part, unified_part
 
 
-def load_manager(saved: dict) -> Manager:
+def container_manager(container: Any) -> Manager | None:
+    """The cgroups of a `state.Container`, verified against what its create made; None when it has none."""
+    saved = container.runtime.get("cgroup")
+    if not saved:
+        return None
+    return load_manager(saved, owner=owner_of(container.dir),
+                        init_pid=container.pid if container.init_alive() else None)
+
+
+def owner_of(state_dir: str) -> str:
+    """What a container's cgroups are tagged with: its state directory, as one canonical path."""
+    return os.path.realpath(state_dir)
+
+
+def load_manager(saved: dict, *, owner: str | None = None, init_pid: int | None = None) -> Manager:
+    """The manager of an existing container, from its saved state.
+
+    With ``owner`` (the container's state directory) the saved paths are not taken on trust: a path is the
+    container's only if it lies in its hierarchy and carries the tag create() set for this owner, or, where
+    the kernel keeps tags off cgroups, if ``init_pid`` (the container's live init) is in it. Anything else is
+    dropped with a warning, so no command signals, freezes, limits or removes a cgroup a state file merely
+    names. Without ``owner`` (library use) the state is trusted as it is.
+    """
     if saved.get("version") != STATE_VERSION:
         raise CgroupError(f"unsupported cgroup state version {saved.get('version')!r}")
     if saved.get("driver") == "systemd":
         from ocirt.cgroups.systemd import load_systemd_manager
 
         return load_systemd_manager(saved)
-    return Manager(saved["container_id"], saved["mode"], bool(saved["rootless"]), dict(saved["paths"]),
-                   saved.get("v2_mount"), None, [])
+    try:
+        container_id = str(saved["container_id"])
+        mode = str(saved["mode"])
+        rootless = bool(saved["rootless"])
+        paths = {str(key): str(value) for key, value in dict(saved["paths"]).items()}
+        made_list = saved.get("made")
+        made = None if made_list is None else [str(item) for item in made_list]
+        v2_mount = saved.get("v2_mount")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CgroupError("the saved cgroup state is malformed") from None
+    manager = Manager(container_id, mode, rootless, paths, v2_mount if isinstance(v2_mount, str) else None,
+                      None, [], owner=owner)
+    manager._made = made
+    if owner is not None:
+        manager._verify(init_pid)
+    return manager
 
 
 class Manager:
     def __init__(self, container_id: str, mode: str, rootless: bool, paths: dict[str, str],
-                 v2_mount: str | None, resources: dict | None, notices: list[str]):
+                 v2_mount: str | None, resources: dict | None, notices: list[str], *, owner: str | None = None):
         self.container_id = container_id
         self.mode = mode
         self.rootless = rootless
@@ -358,6 +437,10 @@ class Manager:
         self._v2_mount = v2_mount
         self._resources = resources
         self.notices: list[str] = notices
+        self._owner = owner
+        # Every directory create() made, top-down: the container's own cgroups and the parents it had to
+        # make for them. None for a state saved before ocirt kept this list.
+        self._made: list[str] | None = []
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -386,6 +469,86 @@ class Manager:
                     _is_ancestor_or_same(directory, _own_dir(mount, own.get(key))):
                 raise CgroupError(f"refusing to modify {directory}: it holds the runtime's own cgroup")
 
+    # -- ownership ------------------------------------------------------------------------------
+
+    def _tag_value(self, kind: str) -> str:
+        return f"{kind} {self._owner}"
+
+    def _hierarchy_of(self, key: str) -> Mount | None:
+        table = mounts()
+        return table.v2 if key == UNIFIED else table.v1.get(key)
+
+    def _verify(self, init_pid: int | None) -> None:
+        name = fs.tag_name(self.rootless)
+        ours = (self._tag_value("made"), self._tag_value("joined"))
+        kept: dict[str, str] = {}
+        for key, directory in self._paths.items():
+            mount = self._hierarchy_of(key)
+            if mount is None or not _inside(directory, mount):
+                continue
+            tag = fs.get_tag(directory, name)
+            if tag in ours or (tag == fs.UNSUPPORTED and self._untagged_is_ours(directory)):
+                kept[key] = directory
+        # The live init's own cgroups are the container's where they carry its tag, whatever the state says;
+        # where the kernel keeps tags off cgroups, the init being in the saved directory is the proof.
+        init_cgroups: dict[str, str] = {}
+        if init_pid:
+            try:
+                init_cgroups = own_cgroups(init_pid)
+            except OSError:
+                init_cgroups = {}
+        table = mounts()
+        hierarchies = list(table.v1.items()) + ([(UNIFIED, table.v2)] if table.v2 is not None else [])
+        for key, mount in hierarchies:
+            if key in kept or key not in init_cgroups:
+                continue
+            directory = _own_dir(mount, init_cgroups[key])
+            if not _inside(directory, mount):
+                continue
+            tag = fs.get_tag(directory, name)
+            if tag in ours or (tag == fs.UNSUPPORTED and self._paths.get(key) == directory):
+                kept[key] = directory
+        for key, directory in self._paths.items():
+            if kept.get(key) != directory:
+                from ocirt import log
+
+                log.warning(f"container {self.container_id!r}: its state names cgroup {directory}, which is not "
+                            "verifiably the container's: left alone")
+        self._paths = kept
+        if self._made is not None:
+            def made_here(directory: str) -> bool:
+                if not any(_inside(directory, mount) for _key, mount in hierarchies):
+                    return False
+                tag = fs.get_tag(directory, name)
+                if tag == fs.UNSUPPORTED:
+                    # Without tags: a parent counts only as an ancestor of a verified cgroup of the container.
+                    return any(_is_ancestor_or_same(directory, leaf) for leaf in kept.values())
+                return tag == self._tag_value("made")
+
+            self._made = [directory for directory in self._made if made_here(directory)]
+
+    def _untagged_is_ours(self, directory: str) -> bool:
+        """Where the kernel keeps tags off cgroups: rootless, a cgroup of the state directory's owner (who could
+        remove it anyway); as root, one named after the container, as the default path names it."""
+        if self.rootless:
+            try:
+                return os.stat(directory).st_uid == os.stat(self._owner or "/").st_uid
+            except OSError:
+                return False
+        return posixpath.basename(directory) == self.container_id
+
+    def _tag(self, created: list[str]) -> None:
+        if self._owner is None:
+            return
+        name = fs.tag_name(self.rootless)
+        for directory in created:
+            fs.set_tag(directory, name, self._tag_value("made"))
+        for directory in self._directories():
+            # A cgroup that was there before is the container's while it runs, but not ocirt's to remove;
+            # one that another container already tagged stays that container's.
+            if directory not in created and fs.get_tag(directory, name) is None:
+                fs.set_tag(directory, name, self._tag_value("joined"))
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def create(self) -> None:
@@ -393,10 +556,16 @@ class Manager:
         try:
             for key, directory in self._paths.items():
                 self._check_safe(directory)
-                on_new = v1.copy_cpuset_from_parent if key == "cpuset" else None
-                fs.make_dirs(directory, created, on_new)
+                fs.make_dirs(directory, created)
+                if key == "cpuset":
+                    mount = self._hierarchy_of(key)
+                    if mount is not None:
+                        v1.ensure_cpuset(mount.mountpoint, directory)
+            self._refuse_frozen()
             # open_manager already reported this plan's notices; a second copy would only repeat them.
             self._write(self._resources, [])
+            self._tag(created)
+            self._made = created
         except BaseException:
             # Only what this call made, deepest first: a parent it made may meanwhile hold another
             # container's cgroup, and then its rmdir fails and it stays.
@@ -404,13 +573,34 @@ class Manager:
                 fs.remove_one(directory)
             raise
 
+    def _refuse_frozen(self) -> None:
+        """A container joined to a frozen cgroup would hang at its first instruction (spec: MUST be an error)."""
+        try:
+            kind, directory = self._freezer()
+        except CgroupError:
+            return
+        if kind == "v1":
+            state = fs.read_or_none(directory, "freezer.state")
+            frozen = state in ("FROZEN", "FREEZING")
+            how = "by an ancestor" if fs.read_or_none(directory, "freezer.parent_freezing") == "1" else state
+        else:
+            frozen = v2.is_frozen(directory)
+            how = "frozen"
+        if frozen:
+            raise CgroupError(f"cannot create container {self.container_id!r}: its cgroup {directory} is frozen "
+                              f"({how}); thaw it first")
+
     def apply(self, pid: int) -> None:
+        """Move ``pid`` into every hierarchy of the container; one that refuses does not keep it out of the
+        others (an exec'd process then still lands in the cgroup2 directory, which comes last)."""
+        failures: list[str] = []
         for directory in self._directories():
             try:
                 fs.write(directory, "cgroup.procs", str(pid))
             except CgroupError as err:
-                reason = str(err).rsplit(": ", 1)[-1]
-                raise CgroupError(f"cannot move process {pid} into cgroup {directory}: {reason}") from None
+                failures.append(f"{directory}: {str(err).rsplit(': ', 1)[-1]}")
+        if failures:
+            raise CgroupError(f"cannot move process {pid} into cgroup {'; '.join(failures)}")
 
     def update(self, resources: dict) -> None:
         self._write(resources, self.notices)
@@ -533,17 +723,36 @@ class Manager:
         return v1.oom_eventfd(self._paths["memory"])
 
     def destroy(self, timeout: float = 2.0) -> None:
-        """Remove the container's cgroups; `timeout` bounds the wait for a busy cgroup to empty."""
+        """Remove the cgroups create() made, and the parents it made for them; `timeout` bounds the wait for
+        a busy cgroup to empty. A cgroup that was there before keeps existing (only the tag goes)."""
         first_error: CgroupError | None = None
-        for directory in self._directories():
+        made = None if self._made is None else set(self._made)
+        leaves = self._directories()
+        name = fs.tag_name(self.rootless)
+        for directory in leaves:
             try:
                 self._check_safe(directory)
-                fs.remove_tree(directory, timeout)
+                if made is None or directory in made:
+                    fs.remove_tree(directory, timeout)
+                elif self._owner is not None and fs.get_tag(directory, name) == self._tag_value("joined"):
+                    fs.remove_tag(directory, name)
             except CgroupError as err:
                 first_error = first_error or err
+        # The parents, deepest first; one that now holds another container's cgroup stays.
+        for directory in reversed(self._made or []):
+            if directory in leaves or not os.path.isdir(directory) or fs.has_children(directory):
+                continue
+            try:
+                self._check_safe(directory)
+            except CgroupError:
+                continue
+            fs.remove_one(directory)
         if first_error is not None:
             raise first_error
 
     def to_state(self) -> dict:
-        return {"version": STATE_VERSION, "container_id": self.container_id, "mode": self.mode,
-                "rootless": self.rootless, "paths": dict(self._paths), "v2_mount": self._v2_mount}
+        state = {"version": STATE_VERSION, "container_id": self.container_id, "mode": self.mode,
+                 "rootless": self.rootless, "paths": dict(self._paths), "v2_mount": self._v2_mount}
+        if self._made is not None:
+            state["made"] = list(self._made)
+        return state

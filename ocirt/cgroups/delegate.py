@@ -110,8 +110,9 @@ def delegate(user: str, controllers: list[str] | None = None, path: str | None =
                 fs.make_dirs(directory, created)
                 v2.enable_controllers(target.mountpoint, directory, target.prefixes)
             else:
-                on_new = v1.copy_cpuset_from_parent if "cpuset" in target.prefixes else None
-                fs.make_dirs(directory, created, on_new)
+                fs.make_dirs(directory, created)
+                if "cpuset" in target.prefixes:
+                    v1.ensure_cpuset(target.mountpoint, directory)
             _chown_level(directory, target, uid, gid)
             directories.append(directory)
     except OSError as err:

@@ -157,22 +157,87 @@ def remove_tree(directory: str, timeout: float = 2.0) -> None:
                 raise CgroupError(f"cannot remove cgroup {current}: {why(err)}{detail}") from None
 
 
-def writable(directory: str, *, ancestor_procs: bool) -> bool:
-    """Whether the caller may create this cgroup (or already owns it) and move tasks into it.
-
-    ``ancestor_procs``: the nearest existing ancestor's cgroup.procs must be writable too (cgroup v2, where
-    a migration needs write access to the common ancestor's procs file).
-    """
+def nearest_existing(directory: str) -> str:
     probe = directory
     while not os.path.isdir(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
-            return False
+            break
         probe = parent
+    return probe
+
+
+def writable(directory: str, *, ancestor_procs: bool) -> bool:
+    """Whether the caller may create this cgroup (or already owns it) and move tasks into it.
+
+    The decision is runc's: the nearest existing ancestor of the target must be writable by the caller
+    (or the target exists and its cgroup.procs is). ``ancestor_procs``: that ancestor's cgroup.procs must
+    be writable too.
+    """
+    probe = nearest_existing(directory)
+    if not os.path.isdir(probe):
+        return False
     if probe == directory:
         return os.access(os.path.join(directory, "cgroup.procs"), os.W_OK)
     return os.access(probe, os.W_OK | os.X_OK) and (
         not ancestor_procs or os.access(os.path.join(probe, "cgroup.procs"), os.W_OK))
+
+
+def migratable(directory: str, source: str) -> bool:
+    """cgroup v2: whether the caller, now in cgroup ``source``, may create ``directory`` and move itself in.
+
+    The kernel wants write access to the cgroup.procs of the common ancestor of the source and the
+    destination (cgroup-v2.rst, "Delegation Containment"), besides the right to create the destination.
+    """
+    if not writable(directory, ancestor_procs=False):
+        return False
+    common = os.path.commonpath([directory, source])
+    return os.access(os.path.join(common, "cgroup.procs"), os.W_OK)
+
+
+def has_children(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    except OSError:
+        return False
+
+
+# -- ownership tags -------------------------------------------------------------------------------------------
+# A cgroup made (or joined) for a container carries an extended attribute naming the container's state
+# directory, so a later command can tell the container's cgroups from any path a state file names. Root
+# uses the trusted namespace, which only CAP_SYS_ADMIN can write; rootless the user namespace, which only
+# the directory's owner can write.
+
+def tag_name(rootless: bool) -> str:
+    return "user.ocirt" if rootless else "trusted.ocirt"
+
+
+def set_tag(directory: str, name: str, value: str) -> bool:
+    """False when this kernel (or the caller's rights) keep xattrs off the cgroup."""
+    try:
+        os.setxattr(directory, name, value.encode())
+        return True
+    except OSError:
+        return False
+
+
+# get_tag() on a kernel (or filesystem) that keeps xattrs off cgroups, as opposed to a cgroup without a tag.
+UNSUPPORTED = "\0unsupported"
+
+
+def get_tag(directory: str, name: str) -> str | None:
+    try:
+        return os.getxattr(directory, name).decode(errors="replace")
+    except OSError as err:
+        return UNSUPPORTED if err.errno in (errno.EOPNOTSUPP, errno.ENOTSUP) else None
+
+
+def remove_tag(directory: str, name: str) -> None:
+    try:
+        os.removexattr(directory, name)
+    except OSError:
+        pass
 
 
 # -- freezing -------------------------------------------------------------------------------------------------

@@ -196,14 +196,30 @@ def write_steps(steps: list[Step], paths: dict[str, str]) -> None:
             fs.write(directory, name, value)
 
 
-def copy_cpuset_from_parent(directory: str) -> None:
-    """A new cpuset cgroup starts with empty cpus/mems and accepts no task until they are set."""
-    parent = os.path.dirname(directory)
-    for name in ("cpuset.cpus", "cpuset.mems"):
-        if not fs.read_or_none(directory, name):
+def ensure_cpuset(mountpoint: str, directory: str) -> None:
+    """Give every level from the mount down to ``directory`` its parent's cpus and mems where it has none.
+
+    A cpuset cgroup starts with empty cpuset.cpus and cpuset.mems and refuses tasks (ENOSPC) until both are
+    set. A level made earlier by someone else (a plain mkdir) is just as empty, and so is everything made
+    beneath it; runc fills each level from the top, and so does this.
+    """
+    relative = os.path.relpath(directory, mountpoint)
+    if relative.startswith(".."):
+        raise CgroupError(f"cannot set up cpuset {directory}: it is not under {mountpoint}")
+    parent = mountpoint
+    for part in ([] if relative == "." else relative.split("/")):
+        current = os.path.join(parent, part)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if fs.read_or_none(current, name):
+                continue
             value = fs.read_or_none(parent, name)
-            if value:
-                fs.write(directory, name, value)
+            if not value:
+                raise CgroupError(f"cannot set up cpuset {current}: its parent {parent} has an empty {name}")
+            try:
+                fs.write(current, name, value)
+            except CgroupError as err:
+                raise CgroupError(f"cannot set up cpuset {current} from its parent: {err}") from None
+        parent = current
 
 
 def freeze(directory: str, timeout: float = 5.0) -> None:

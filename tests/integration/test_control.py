@@ -77,11 +77,13 @@ class Loop:
         return int(line.split()[2])
 
 
-def start_loop(make_bundle, action: str = "true", *, resources: dict | None = None, user=None) -> Loop:
+def start_loop(make_bundle, action: str = "true", *, resources: dict | None = None, user=None,
+               explicit_path: bool = True) -> Loop:
     bundle = make_bundle(args=loop_args(action), rootless=user is not None, user=user)
-    if user is not None:
+    if user is not None and explicit_path:
         # A relative path of its own (the id) below the delegated ocirt/<user>; delete removes it whole.
         bundle.config["linux"]["cgroupsPath"] = bundle.id
+    if user is not None:
         bundle.config["linux"].setdefault("resources", {}).pop("devices", None)
     if resources:
         bundle.config["linux"].setdefault("resources", {}).update(resources)
@@ -669,7 +671,9 @@ def test_rootless_pause_without_a_delegated_freezer_names_the_fix(make_bundle, r
 @pytest.mark.rootless
 def test_rootless_update_without_delegation_names_the_fix(make_bundle, unprivileged_user):
     user = unprivileged_user
-    loop = start_loop(make_bundle, user=user)
+    # No cgroupsPath: the default path, which rootless without delegation runs without cgroups (a path the
+    # config names and the user can't use is an error instead).
+    loop = start_loop(make_bundle, user=user, explicit_path=False)
     bundle = loop.bundle
     result = ocirt(bundle, "update", "--memory", "64m", bundle.id)
     assert result.returncode == 1

@@ -1,0 +1,144 @@
+"""What the manager made, what it only joined, and what a saved state may name: tags, parents, verification,
+and the checks create() makes before a container joins (a frozen cgroup, an empty cpuset)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import pytest
+
+from ocirt import cgroups
+from ocirt.cgroups import fs
+from ocirt.errors import CgroupError
+
+from .conftest import candidate_dirs, existing_dirs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+TAG = fs.tag_name(rootless=False)
+
+
+def mount_of(controller: str) -> str:
+    mount = cgroups.mounts().v1.get(controller)
+    if mount is None:
+        pytest.skip(f"no v1 {controller} hierarchy")
+    return mount.mountpoint
+
+
+def test_create_tags_what_it_made_and_destroy_removes_those_parents(cgroup_prefix, tmp_path):
+    owner = str(tmp_path)
+    manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/a/c1", rootless=False, resources=None, owner=owner)
+    manager.create()
+    pids = manager.paths()["pids"]
+    assert fs.get_tag(pids, TAG) == f"made {owner}"
+    assert fs.get_tag(posixpath.dirname(pids), TAG) == f"made {owner}"
+    state = manager.to_state()
+    assert f"{mount_of('pids')}/{cgroup_prefix}" in state["made"]
+    cgroups.load_manager(state, owner=owner).destroy()
+    assert existing_dirs(cgroup_prefix) == []
+
+
+def test_destroy_keeps_a_parent_and_a_cgroup_it_found(cgroup_prefix, tmp_path):
+    owner = str(tmp_path)
+    found_parent = f"{mount_of('pids')}/{cgroup_prefix}/a"
+    found_leaf = f"{mount_of('memory')}/{cgroup_prefix}/a/c1"
+    os.makedirs(found_parent)
+    os.makedirs(found_leaf)
+    manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/a/c1", rootless=False, resources=None, owner=owner)
+    manager.create()
+    assert fs.get_tag(found_leaf, TAG) == f"joined {owner}"
+    assert fs.get_tag(found_parent, TAG) is None
+    cgroups.load_manager(manager.to_state(), owner=owner).destroy()
+    assert sorted(existing_dirs(cgroup_prefix)) == sorted([f"{mount_of('pids')}/{cgroup_prefix}",
+                                                            f"{mount_of('memory')}/{cgroup_prefix}"])
+    assert os.path.isdir(found_parent) and os.path.isdir(found_leaf)
+    assert fs.get_tag(found_leaf, TAG) is None
+
+
+def test_a_state_for_another_owner_or_outside_the_hierarchy_is_not_trusted(cgroup_prefix, tmp_path, spawn):
+    owner = str(tmp_path / "mine")
+    manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/c1", rootless=False, resources=None, owner=owner)
+    manager.create()
+    state = manager.to_state()
+    other = cgroups.load_manager(state, owner=str(tmp_path / "someone-else"))
+    assert other.paths() == {}
+    forged = dict(state, paths={"pids": f"{mount_of('pids')}/{cgroup_prefix}/c1/../../{cgroup_prefix}",
+                                "memory": "/tmp", "freezer": f"{mount_of('pids')}/{cgroup_prefix}/c1"})
+    assert cgroups.load_manager(forged, owner=owner).paths() == {}
+    # Its live init is the evidence for the cgroups the state no longer names.
+    child = spawn("import time\ntime.sleep(30)\n")
+    manager.apply(child.pid)
+    recovered = cgroups.load_manager(dict(state, paths={}, made=[]), owner=owner, init_pid=child.pid)
+    assert recovered.paths() == manager.paths()
+    manager.kill_all(9)
+    child.process.wait(timeout=10)
+    cgroups.load_manager(state, owner=owner).destroy()
+    assert existing_dirs(cgroup_prefix) == []
+
+
+def test_without_tag_support_the_fallback_is_the_containers_name(cgroup_prefix, tmp_path, monkeypatch):
+    """Kernels that keep xattrs off cgroups: as root a saved cgroup counts when it bears the container's name,
+    and a saved parent only as an ancestor of one."""
+    owner = str(tmp_path)
+    manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/c1", rootless=False, resources=None, owner=owner)
+    manager.create()
+    state = manager.to_state()
+    monkeypatch.setattr(fs, "get_tag", lambda directory, name: fs.UNSUPPORTED)
+    elsewhere = dict(state, paths={"pids": f"{mount_of('pids')}/{cgroup_prefix}"},
+                     made=[f"{mount_of('memory')}/{cgroup_prefix}"])
+    loaded = cgroups.load_manager(elsewhere, owner=owner)
+    assert loaded.paths() == {} and loaded.to_state()["made"] == []
+    loaded = cgroups.load_manager(state, owner=owner)
+    assert loaded.paths() == manager.paths()
+    monkeypatch.undo()
+    loaded.destroy()
+    assert existing_dirs(cgroup_prefix) == []
+
+
+def test_create_refuses_a_frozen_cgroup_and_removes_what_it_made(cgroup_prefix):
+    frozen = f"{mount_of('freezer')}/{cgroup_prefix}"
+    os.makedirs(frozen)
+    fs.write(frozen, "freezer.state", "FROZEN")
+    try:
+        manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/c1", rootless=False, resources=None)
+        with pytest.raises(CgroupError, match=r"is frozen \(by an ancestor\); thaw it first"):
+            manager.create()
+        assert existing_dirs(cgroup_prefix) == [frozen]
+    finally:
+        fs.write(frozen, "freezer.state", "THAWED")
+
+
+def test_cpuset_levels_are_filled_from_the_top(cgroup_prefix, spawn):
+    mount = mount_of("cpuset")
+    os.makedirs(f"{mount}/{cgroup_prefix}/empty")
+    manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/empty/c1", rootless=False, resources=None)
+    manager.create()
+    for level in (f"{mount}/{cgroup_prefix}", f"{mount}/{cgroup_prefix}/empty", manager.paths()["cpuset"]):
+        assert fs.read(level, "cpuset.cpus") == fs.read(mount, "cpuset.cpus")
+        assert fs.read(level, "cpuset.mems") == fs.read(mount, "cpuset.mems")
+    child = spawn("import time\ntime.sleep(30)\n")
+    manager.apply(child.pid)
+    manager.kill_all(9)
+    child.process.wait(timeout=10)
+    manager.destroy()
+
+
+def test_apply_joins_every_hierarchy_it_can_and_names_the_ones_it_cannot(cgroup_prefix, spawn):
+    manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/c1", rootless=False, resources=None)
+    manager.create()
+    cpuset = manager.paths()["cpuset"]
+    child = spawn("import time\ntime.sleep(30)\n")
+    # An emptied cpuset refuses tasks; the hierarchies after it must still get the process.
+    os.rmdir(cpuset)
+    os.mkdir(cpuset)
+    with pytest.raises(CgroupError, match=f"cannot move process {child.pid} into cgroup {cpuset}: "):
+        manager.apply(child.pid)
+    unified = manager.paths().get(cgroups.UNIFIED)
+    if unified:
+        assert child.pid in fs.procs_in(unified)
+    assert child.pid in fs.procs_in(manager.paths()["pids"])
+    manager.kill_all(9)
+    child.process.wait(timeout=10)
+    manager.destroy()
+    assert all(not os.path.exists(path) for path in candidate_dirs(f"{cgroup_prefix}/c1"))
