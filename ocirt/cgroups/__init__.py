@@ -603,6 +603,9 @@ class Manager:
             raise CgroupError(f"cannot move process {pid} into cgroup {'; '.join(failures)}")
 
     def update(self, resources: dict) -> None:
+        if resources.get("devices") is not None:
+            # A new rule list replaces the old one the way create applied it: deny all, the rules, the defaults.
+            resources = devices.with_rules(resources)
         self._write(resources, self.notices)
 
     def _write(self, resources: dict | None, notices: list[str]) -> None:

@@ -9,6 +9,8 @@ rule (nothing is written to the kernel log).
 
 from __future__ import annotations
 
+import json
+
 import helpers
 import pytest
 
@@ -62,3 +64,25 @@ def test_a_default_device_listed_in_linux_devices_keeps_its_access(make_bundle):
     # /dev/null inside container"); the spec promises the default devices whatever the list says.
     null = {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666, "uid": 0, "gid": 0}
     assert "null=open" in probe(make_bundle, [DENY_ALL], [null])
+
+
+def test_update_with_device_rules_keeps_the_order_and_the_defaults(make_bundle, tmp_path):
+    bundle = make_bundle(args=["sleep", "60"])
+    bundle.config["linux"]["devices"] = [KMSG]
+    assert bundle.run("--detach").returncode == 0
+    allow = {"allow": True, "type": "c", "major": 1, "minor": 11, "access": "rw"}
+    resources = tmp_path / "resources.json"
+    resources.write_text(json.dumps({"devices": [DENY_ALL, allow]}))
+    result = bundle.runtime(["update", "--resources", str(resources), bundle.id])
+    assert result.returncode == 0, result.stderr
+
+    def probe_exec() -> str:
+        return bundle.runtime(["exec", bundle.id, "sh", "-c", PROBE]).stdout
+
+    assert "kmsg=open" in probe_exec() and "null=open" in probe_exec()
+    resources.write_text(json.dumps({"devices": [DENY_ALL]}))
+    assert bundle.runtime(["update", "--resources", str(resources), bundle.id]).returncode == 0
+    out = probe_exec()
+    assert "kmsg=denied" in out and "null=open" in out, out
+    assert bundle.delete(force=True).returncode == 0
+    assert_nothing_left(bundle)
