@@ -256,6 +256,7 @@ def _searchable_by_container_root(source: str, uid_maps: list[tuple[int, int, in
     uid = _host_id(uid_maps, 0)
     gid = _host_id(gid_maps, 0)
     try:
+        os.lstat(source)
         real = os.path.realpath(source)
         directories = {os.path.dirname(p) for p in (source, real)}
         for start in list(directories):
@@ -269,7 +270,6 @@ def _searchable_by_container_root(source: str, uid_maps: list[tuple[int, int, in
             bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
             if not st.st_mode & bit:
                 return False
-        os.lstat(source)
     except FileNotFoundError:
         return True
     except OSError:
