@@ -94,6 +94,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
     from ocirt.linux.process import ProcessPlan
 
     config = load_config(opts.bundle)
+    log.trace("config", "%s/config.json read and validated", opts.bundle)
     _pass_notify_socket(config)
     linux = config.get("linux") or {}
     ns_plan = namespaces.plan_namespaces(config)
@@ -133,6 +134,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         from ocirt.linux.seccomp import compile_filter
 
         seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(opts.rootless))
+        log.trace("seccomp", "BPF program ready (from the cache: %s)", seccomp.from_cache)
 
     ensure_root(opts.root, opts.rootless)
     container = Container.new(opts.root, opts.container_id)
@@ -153,6 +155,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
 
         rootfs_plan = plan_rootfs(config, opts.bundle, rootless=opts.rootless, no_pivot=opts.no_pivot,
                                   cgroup_paths=cgroup.paths())
+        log.trace("plan", "mounts of rootfs %s planned", rootfs_path)
         container.data = {
             "ociVersion": config.get("ociVersion", OCI_VERSION),
             "id": opts.container_id,
@@ -168,7 +171,9 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         container.save()
         _save_config(container, config)
         _make_exec_fifo(container.fifo_path, linux if ns_plan.has("user") and os.geteuid() == 0 else None)
+        log.trace("fifo", "state saved, exec fifo %s made", container.fifo_path)
         cgroup.create()
+        log.trace("cgroups", "created %s", lambda: " ".join(sorted(set(cgroup.paths().values()))))
         container.runtime["cgroup"] = cgroup.to_state()
         container.runtime["resources"] = linux.get("resources") or {}
         container.runtime["freezer_path"] = _freezer_file(cgroup)
@@ -220,6 +225,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         container.save()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, spawned.pid)
+        log.trace("create", "container %s created, init pid %d", opts.container_id, spawned.pid)
         return container, spawned
     except BaseException:
         if cgroup is not None:
@@ -395,6 +401,7 @@ def start(root: str, container_id: str) -> None:
             raise InvalidState(f"cannot start container {container_id!r} in status {status}: "
                                "it is not in the created state")
         _release_init(container)
+        log.trace("fifo", "exec fifo opened: pid %d runs its program", container.data.get("pid"))
         hooks = container.runtime.get("hooks") or {}
         if hooks.get("poststart"):
             from ocirt.hooks import run_hooks_logged
@@ -502,6 +509,7 @@ def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False)
                 manager.thaw()
             return
         _signal_init(container, sig)
+        log.trace("kill", "signal %d sent to pid %d", sig, container.pid)
     finally:
         container.close()
 
@@ -589,6 +597,7 @@ def destroy(container: Container, manager=None) -> None:
                     manager.kill_all(9)
                     manager.thaw()
                 manager.destroy()
+                log.trace("cgroups", "removed")
                 break
             except OcirtError as err:
                 if time.monotonic() > deadline:
@@ -605,6 +614,7 @@ def destroy(container: Container, manager=None) -> None:
         state["status"] = STOPPED
         run_hooks_logged(hooks["poststop"], "poststop", state)
     container.remove()
+    log.trace("delete", "state of %s removed", container.id)
 
 
 # -- exec -----------------------------------------------------------------------------------------------------
@@ -781,6 +791,7 @@ def _wait_foreground(spawned) -> int:
     else:
         _, status = os.waitpid(spawned.pid, 0)
     code = os.waitstatus_to_exitcode(status)
+    log.trace("exit", "pid %d exited: %s %d", spawned.pid, "signal" if code < 0 else "status", abs(code))
     _reap_orphans()
     return 128 - code if code < 0 else code
 

@@ -82,6 +82,7 @@ def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
     finally:
         os.close(stdin_w)
     status = _wait(pid, timeout, what)
+    log.trace("hooks", "%s: exit status %d", what, status)
     stderr = b""
     # A daemon the hook left behind may still hold the pipe: take what is there, never wait for EOF.
     os.set_blocking(err_r, False)

@@ -4,15 +4,22 @@
 ``{"level":"error","msg":"...","time":"<RFC 3339>"}``, which containerd's shim reads back for the error it
 reports. Without ``--log``, messages at warning level and above go to stderr — except on commands whose
 stderr is parsed by a caller (``ps --format json``), which set ``quiet_stderr``.
+
+``--debug`` turns on ``trace(step, message, *args)``: one debug line per lifecycle step, with the
+milliseconds since the previous line (``ms``) and since the command began (``total_ms``), to the log or,
+without ``--log``, to stderr. Off, a trace point is one call that returns at once: callers pass the
+message's arguments unformatted, so no string is built. A forked child of the runtime (the intermediate,
+the container's init) cannot reach the log after pivot_root and must not write to the container's
+stderr, so it ``relay``s its lines over its channel to the runtime, which logs them as they arrive.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_DEBUG = 10
 
 
 class _Config:
@@ -20,6 +27,10 @@ class _Config:
     json: bool = False
     threshold: int = LEVELS["info"]
     quiet_stderr: bool = False
+    started: float = 0.0
+    last: float = 0.0
+    # In a forked child: a function that takes (kind, payload) and sends it to the runtime.
+    relay = None
 
 
 config = _Config()
@@ -28,59 +39,98 @@ config = _Config()
 def configure(path: str | None, log_format: str = "text", debug: bool = False) -> None:
     config.path = path or None
     config.json = log_format == "json"
-    config.threshold = LEVELS["debug"] if debug else LEVELS["info"]
+    if debug and config.threshold > _DEBUG:
+        import time
+
+        config.started = config.last = time.monotonic()
+    config.threshold = _DEBUG if debug else LEVELS["info"]
+    if config.path:
+        # Like runc, the log exists once the command has begun, even when nothing is logged.
+        try:
+            os.close(os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        except OSError:
+            pass
 
 
-def _timestamp() -> str:
-    now = time.time()
-    offset = time.localtime(now).tm_gmtoff
-    sign = "+" if offset >= 0 else "-"
-    offset = abs(offset)
-    frac = f"{now % 1:.9f}"[1:]
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + frac + \
-        (f"{sign}{offset // 3600:02d}:{offset % 3600 // 60:02d}" if offset or sign == "-" else "Z")
+def relay_to(send) -> None:
+    """In a forked child: every line logged from now on goes to ``send(kind, payload)`` instead."""
+    config.relay = send
 
 
-def _format(level: str, msg: str) -> str:
-    if config.json:
-        from ocirt.fastjson import dumps
-
-        return dumps({"level": level, "msg": msg, "time": _timestamp()}) + "\n"
-    return f'time="{_timestamp()}" level={level} msg="{msg}"\n'
-
-
-def log(level: str, msg: str) -> None:
+def log(level: str, msg: str, *args) -> None:
     if LEVELS[level] < config.threshold:
         return
-    if config.path:
+    if args:
+        msg = msg % args
+    if config.relay is not None and level != "error":
         try:
-            fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            config.relay("log", f"{level} {msg}")
+            return
         except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                os.write(fd, _format(level, msg).encode())
-            finally:
-                os.close(fd)
-            if level != "error":
-                return
+            pass  # the channel is closed (after the ready handshake): log as the runtime would
+    if config.path or level == "debug":
+        from ocirt import logline
+
+        line = logline.format_line(level, msg, None, config.json)
+        if logline.append(config.path, line) and level != "error":
+            return
+        if level == "debug":
+            if not config.quiet_stderr:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            return
     # Errors always reach stderr too: the engines and people read them there.
     if LEVELS[level] >= LEVELS["warning"] and not (config.quiet_stderr and level != "error"):
         sys.stderr.write(f"ocirt: {msg}\n" if level == "error" else f"ocirt: {level}: {msg}\n")
         sys.stderr.flush()
 
 
-def debug(msg: str) -> None:
-    log("debug", msg)
+def debug(msg: str, *args) -> None:
+    log("debug", msg, *args)
 
 
-def info(msg: str) -> None:
-    log("info", msg)
+def info(msg: str, *args) -> None:
+    log("info", msg, *args)
 
 
-def warning(msg: str) -> None:
-    log("warning", msg)
+def warning(msg: str, *args) -> None:
+    log("warning", msg, *args)
 
 
-def error(msg: str) -> None:
-    log("error", msg)
+def error(msg: str, *args) -> None:
+    log("error", msg, *args)
+
+
+def trace(step: str, msg: str, *args) -> None:
+    """A lifecycle step just ended: ``step`` names it (config, cgroups, namespaces, mounts, seccomp, hooks,
+    fifo, exit, ...), ``msg % args`` says what it did. Free when --debug is off: an argument that is a
+    function (a bound method, say) is called only then, so nothing is computed for a line not written."""
+    if config.threshold > _DEBUG:
+        return
+    if args:
+        msg = msg % tuple(arg() if callable(arg) else arg for arg in args)
+    if config.relay is not None:
+        try:
+            config.relay("trace", f"{step} {msg}")
+        except OSError:
+            pass  # the channel is closed: a child has nowhere else to write (its stderr is the container's)
+        return
+    traced(step, msg)
+
+
+def traced(step: str, msg: str) -> None:
+    """Log a trace line now, timed on this process's clock (the runtime logs its children's lines so)."""
+    from ocirt import logline
+
+    logline.trace_line(config, step, msg)
+
+
+def relayed(kind: str, payload: str) -> None:
+    """Log a line a child relayed: ``trace`` lines are timed on arrival, ``log`` lines keep their level."""
+    if kind == "trace":
+        step, _, msg = payload.partition(" ")
+        traced(step, msg)
+    else:
+        level, _, msg = payload.partition(" ")
+        if level in LEVELS:
+            log(level, msg)

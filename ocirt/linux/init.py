@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 
+from ocirt import log
 from ocirt import syscalls as sc
 from ocirt.errors import ConfigError, InitError, OcirtError, why
 
@@ -64,11 +65,11 @@ class Channel:
 
     def expect(self, kind: str) -> str:
         got, payload = self.recv()
-        while got == "warning":
+        while got in ("warning", "trace", "log"):
             # The init can't write to --log (its path is outside the root): the runtime logs for it.
             from ocirt import log
 
-            log.warning(payload)
+            log.warning(payload) if got == "warning" else log.relayed(got, payload)
             got, payload = self.recv()
         if got == kind:
             return payload
@@ -85,6 +86,8 @@ class Channel:
                 os.close(fd)
             except OSError:
                 pass
+        # A later send (a trace line) must fail, not write into whatever reuses the numbers.
+        self.read_fd = self.write_fd = -1
 
 
 class InitPlan:
@@ -189,6 +192,7 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
     rootfs.open_mount_sources(plan.rootfs)
     # Opened here: a mapped root in a user namespace may not be able to search the state directory.
     plan.fifo_fd = os.open(plan.fifo_path, sc.O_PATH | os.O_CLOEXEC)
+    log.trace("init", "mount sources and namespaces to join opened; forking")
     intermediate = os.fork()
     if intermediate == 0:
         parent.close()
@@ -207,10 +211,13 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
             from ocirt.linux import idmap
 
             idmap.write_maps(intermediate, plan.uid_mappings, plan.gid_mappings)
+            log.trace("namespaces", "user namespace of pid %d made, id maps written", intermediate)
         if plan.cgroup is not None:
             plan.cgroup.apply(intermediate)
+            log.trace("cgroups", "pid %d moved into the container's cgroups", intermediate)
         parent.send("go")
         init_pid = int(parent.expect("pid"))
+        log.trace("init", "forked: pid %d", init_pid)
         os.waitpid(intermediate, 0)
         intermediate = 0
         start_time = process_start_time(init_pid)
@@ -228,6 +235,7 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
             forward_notify_fd(parent, fd_pair, plan.seccomp,
                               dict(plan.hook_state, pid=init_pid, status="creating"), init_pid)
         parent.expect("ready")
+        log.trace("init", "ready: user, capabilities and no_new_privs set; it waits on the exec fifo")
         return Spawned(init_pid, start_time or 0, console_master)
     except BaseException:
         kill_spawned(intermediate, init_pid)
@@ -289,6 +297,7 @@ def forward_notify_fd(parent: Channel, fd_pair, compiled, state: dict, pid: int)
 
 def _run_child(body, channel: Channel) -> None:
     """Run a forked child's body; any failure goes to the runtime as one line, then the child exits."""
+    log.relay_to(channel.send)
     code = 1
     try:
         body()
@@ -336,6 +345,7 @@ def _intermediate(plan: InitPlan, channel: Channel, join_fds, fd_pair) -> None:
         namespaces.join(ns_type, fd)
         os.close(fd)
     namespaces.unshare(ns.unshare_flags)
+    log.trace("namespaces", "unshared %s", lambda: " ".join(ns.new) or "none")
     if "time" in ns.new and plan.time_offsets:
         # The uid switch above made us non-dumpable, which hands /proc/self to the host's root, out of
         # reach of a mapped root: be dumpable just for this write.
@@ -383,6 +393,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         from ocirt.linux.network import bring_up_loopback
 
         bring_up_loopback()
+        log.trace("network", "loopback up")
     if ns.has("uts"):
         if plan.hostname:
             sc.sethostname(plan.hostname)
@@ -396,6 +407,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
     fifo_fd = plan.fifo_fd
 
     rootfs.prepare_rootfs(plan.rootfs)
+    log.trace("mounts", "rootfs prepared: mounts, devices, /dev")
     console_slave = None
     if plan.process is not None and plan.process.terminal:
         console_slave = _setup_console(plan, fd_pair, channel)
@@ -411,6 +423,7 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
 
     rootfs.enter_rootfs(plan.rootfs)
     rootfs.finish_rootfs(plan.rootfs)
+    log.trace("mounts", "root entered; masked and read-only paths applied")
 
     if plan.sysctl:
         from ocirt.linux.procfs import write_proc_file
@@ -564,12 +577,14 @@ def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: i
             os.dup2(console_slave, target)
         os.close(console_slave)
     _seal_fds(preserve_fds)
+    log.trace("process", "rlimits, scheduling, HOME, cwd and fds set; executable %s", executable)
 
     # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the user switch may drop: load it
     # first then. With no_new_privs it waits until just before execve. A notify listener needs it now too,
     # to hand the fd over while the runtime still listens.
     early_seccomp = seccomp is not None and (not proc.no_new_privileges or listener)
     if early_seccomp:
+        log.trace("seccomp", "loading the filter now, before the user switch")
         _install_seccomp(seccomp, fd_pair, channel)
     step = AfterFilter(seccomp if early_seccomp else None)
 
