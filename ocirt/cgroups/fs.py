@@ -71,26 +71,34 @@ def exists(directory: str, name: str) -> bool:
     return os.path.exists(os.path.join(directory, name))
 
 
-def make_dirs(path: str, created: list[str], on_new_dir=None) -> None:
-    """mkdir -p that records, top-down, each directory it made, so a failure can undo exactly those."""
-    missing: list[str] = []
-    probe = path
-    while not os.path.isdir(probe):
-        missing.append(probe)
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    for directory in reversed(missing):
+def make_dirs(path: str, created: list[str]) -> None:
+    """mkdir -p that records, top-down, each directory it made, so a failure can undo exactly those.
+
+    A parent can vanish between the look and the mkdir below it: another container's delete removes the
+    parents it made once they are empty. Then the walk starts again.
+    """
+    for _attempt in range(5):
+        missing: list[str] = []
+        probe = path
+        while not os.path.isdir(probe):
+            missing.append(probe)
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
         try:
-            os.mkdir(directory, 0o755)
-        except FileExistsError:
+            for directory in reversed(missing):
+                try:
+                    os.mkdir(directory, 0o755)
+                except FileExistsError:
+                    continue
+                created.append(directory)
+            return
+        except FileNotFoundError:
             continue
         except OSError as err:
             raise CgroupError(f"cannot create cgroup {directory}: {why(err)}") from None
-        created.append(directory)
-        if on_new_dir is not None:
-            on_new_dir(directory)
+    raise CgroupError(f"cannot create cgroup {path}: its parents keep disappearing")
 
 
 def procs_in(directory: str) -> list[int]:

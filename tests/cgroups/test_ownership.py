@@ -142,3 +142,27 @@ def test_apply_joins_every_hierarchy_it_can_and_names_the_ones_it_cannot(cgroup_
     child.process.wait(timeout=10)
     manager.destroy()
     assert all(not os.path.exists(path) for path in candidate_dirs(f"{cgroup_prefix}/c1"))
+
+
+def test_creates_and_deletes_racing_under_a_parent_they_make(cgroup_prefix, tmp_path):
+    """One container's delete removes the parent it made as soon as it is empty; another's create, which
+    just saw that parent, must make it again rather than fail."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        errors = sum(pool.starmap(_churn, [(cgroup_prefix, str(tmp_path / f"t{n}"), n) for n in range(4)]), [])
+    assert errors == []
+
+
+def _churn(prefix: str, owner: str, number: int) -> list[str]:
+    errors = []
+    for index in range(150):
+        manager = cgroups.open_manager("c", f"/{prefix}/shared/{number}-{index}", rootless=False,
+                                       resources={"pids": {"limit": 10}}, owner=owner)
+        try:
+            manager.create()
+            manager.destroy()
+        except CgroupError as err:
+            errors.append(str(err))
+    return errors
