@@ -63,9 +63,18 @@ def test_pip_installs_the_pages_and_the_completion(tmp_path):
     assert set(config["tool"]["setuptools"]["data-files"]) == {"share/man/man8", "share/bash-completion/completions"}
     if not (REPO / ".venv" / "bin" / "python").exists():
         pytest.skip("no .venv to build a wheel with")
+    # A copy of what the wheel is built from: the build writes its egg-info beside the sources, and the
+    # checkout may not be ours to write (the suite runs as any user).
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("ocirt", "schemas", "share"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps",
                             "--no-build-isolation", "--disable-pip-version-check", "-w", str(tmp_path),
-                            str(REPO)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                            str(source)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                           env={**os.environ, "HOME": str(tmp_path)})
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("ocirt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
