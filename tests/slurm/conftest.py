@@ -70,17 +70,20 @@ def bundles(slurm_users, harness_session) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def slurm_leak_check(request, harness) -> Iterator[None]:
-    """After a test that used the cluster: let Slurm finish, then hand the jobs' state roots, bundles and
+    """After a test that used a cluster: let Slurm finish, then hand the jobs' state roots, bundles and
     container ids to the harness's leak check (which runs next and fails the test on a leftover)."""
-    yield
     clusters = [request.getfixturevalue(name) for name in ("slurm", "slurm_pgid") if name in request.fixturenames]
+    users = request.getfixturevalue("slurm_users") if clusters else ()
+    user_bundles = request.getfixturevalue("bundles") if clusters else {}
+    yield
     unsettled = []
     tracker = harness.tracker
     for cluster in clusters:
         unsettled += cluster.settle(cluster.kill_wait + 30)
-        for user in request.getfixturevalue("slurm_users"):
+        tracker.roots[cluster.state_root(None)] = None
+        for user in users:
             tracker.roots[cluster.state_root(user)] = user
-            tracker.watched_paths.append(request.getfixturevalue("bundles")[user.name])
+            tracker.watched_paths.append(user_bundles[user.name])
         for job in cluster.jobs:
             tracker.container_ids.update({job.container_id(0), job.container_id("batch")})
         cluster.jobs.clear()

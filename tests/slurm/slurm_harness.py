@@ -119,14 +119,14 @@ class Daemon:
 @dataclass
 class Job:
     id: int
-    user: helpers.UnprivilegedUser
+    user_name: str
     node: str
 
     def container_id(self, step: int | str = 0, task: int = 0) -> str:
         """The id oci.conf's ``%n.%u.%j.%s.%t`` gives the container (the batch step is 0xfffffffb)."""
         if step == "batch":
             step = 0xFFFFFFFB
-        return f"{self.node}.{self.user.name}.{self.id}.{step}.{task}"
+        return f"{self.node}.{self.user_name}.{self.id}.{step}.{task}"
 
 
 @dataclass
@@ -149,8 +149,9 @@ class SlurmCluster:
     def state_parent(self) -> Path:
         return self.base / "state"
 
-    def state_root(self, user: helpers.UnprivilegedUser) -> Path:
-        return self.state_parent / user.name
+    def state_root(self, user: helpers.UnprivilegedUser | None) -> Path:
+        """The runtime's --root for ``user``'s jobs (None: root's own jobs)."""
+        return self.state_parent / (user.name if user else "root")
 
     @property
     def spool(self) -> Path:
@@ -371,8 +372,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         job = self.record(int(match.group(1)), user)
         return job, result
 
-    def record(self, job_id: int, user: helpers.UnprivilegedUser) -> Job:
-        job = Job(job_id, user, self.node)
+    def record(self, job_id: int, user: helpers.UnprivilegedUser | None) -> Job:
+        job = Job(job_id, user.name if user else "root", self.node)
         self.jobs.append(job)
         return job
 

@@ -80,6 +80,28 @@ def test_a_job_that_cannot_start_shows_the_runtime_s_one_line_error(slurm, user,
     assert result.stdout == "", result.describe()
 
 
+def test_root_s_own_job_runs_a_rootful_container_with_the_same_oci_conf(slurm, harness_session, test_dir) -> None:
+    """srun --container as root: the runtime runs as root (no user namespace), its state in
+    ``<state>/root``, and the same checks hold."""
+    import subprocess
+
+    bundle = helpers.world_reachable_dir(test_dir / "root-bundle")
+    subprocess.run(["cp", "-a", str(harness_session.rootfs()), str(bundle / "rootfs")], check=True)
+    subprocess.run([slurm.runtime, "spec"], cwd=bundle, check=True, capture_output=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"]["cgroupsPath"] = helpers.cgroups_path(helpers.new_container_id())
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = slurm.run(["srun", f"--container={bundle}", "sh", "-c",
+                        "echo $SLURM_JOB_ID; cat /proc/self/uid_map; echo to-stderr >&2; exit 4"])
+    job_id, uid_map = result.stdout.splitlines()
+    slurm.record(int(job_id), None)
+    assert result.returncode == 4, result.describe()
+    assert uid_map.split() == ["0", "0", "4294967295"], result.describe()
+    assert sorted(result.stderr.splitlines()) == sorted(
+        ["to-stderr", f"srun: error: {slurm.node}: task 0: Exited with exit code 4"]), result.describe()
+    assert slurm.state_root(None).stat().st_uid == 0
+
+
 def test_ten_jobs_at_once_each_get_their_own_container(slurm, slurm_users, bundles) -> None:
     """Five batch jobs of each user overlap; each sees its own pid namespace, and all ten containers
     exist at one moment."""
