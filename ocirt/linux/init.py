@@ -138,6 +138,9 @@ _IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "ke
                           "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"})
 
 
+_PROC_NS_NAMES = {"ipc": "ipc", "network": "net", "uts": "uts"}
+
+
 def _check_sysctl(sysctl: dict, namespaces) -> None:
     """Only sysctls of a namespace the container has: any other is the host's own setting (a config's
     kernel.core_pattern would run a program as the host's root on the next crash)."""
@@ -150,12 +153,30 @@ def _check_sysctl(sysctl: dict, namespaces) -> None:
             kind = "ipc"
         elif name.startswith("net."):
             kind = "network"
-        elif name in ("kernel.hostname", "kernel.domainname"):
+        elif name == "kernel.hostname":
+            # As runc and crun: the config's hostname field is the one way to set it.
+            raise ConfigError(f"$.linux.sysctl: {key!r} conflicts with the hostname field: set hostname "
+                              "instead")
+        elif name == "kernel.domainname":
             kind = "uts"
         else:
             raise ConfigError(f"$.linux.sysctl: {key!r} is not namespaced: setting it would change the host")
         if not namespaces.has(kind):
             raise ConfigError(f"$.linux.sysctl: {key!r} needs a {kind} namespace of the container's own")
+        path = namespaces.join.get(kind)
+        if path is not None and _same_namespace(path, _PROC_NS_NAMES[kind]):
+            # runc refuses this for the network namespace; the same holds for the other two.
+            raise ConfigError(f"$.linux.sysctl: {key!r}: the {kind} namespace {path} is the runtime's own: "
+                              "setting it would change the host")
+
+
+def _same_namespace(path: str, proc_name: str) -> bool:
+    try:
+        theirs = os.stat(path)
+        ours = os.stat(f"/proc/self/ns/{proc_name}")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _single_own_map(plan: InitPlan) -> bool:

@@ -166,3 +166,47 @@ def test_preserved_fds_reach_the_init_and_nothing_beyond(make_bundle, user, test
         assert 10 not in held, held
     finally:
         bundle.delete(force=True)
+
+
+# -- sysctls of the UTS namespace ------------------------------------------------------------------------------
+def assert_refused(result: subprocess.CompletedProcess, bundle: helpers.Bundle, *needles: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert not (bundle.root / bundle.id).exists()
+
+
+@pytest.mark.parametrize("uts", ["new", "none"])
+def test_the_kernel_hostname_sysctl_is_refused(make_bundle, user, uts):
+    # runc and crun: it conflicts with the hostname field, with or without a UTS namespace.
+    bundle = make_bundle(user=user, args=["hostname"])
+    if uts == "none":
+        bundle.config = helpers.without_namespace(bundle.config, "uts")
+        bundle.config.pop("hostname", None)
+    bundle.config["linux"]["sysctl"] = {"kernel.hostname": "sysctl-name"}
+    assert_refused(bundle.run(), bundle, "'kernel.hostname' conflicts with the hostname field")
+
+
+def test_the_kernel_domainname_sysctl_needs_a_uts_namespace(make_bundle, user):
+    bundle = make_bundle(user=user, args=["cat", "/proc/sys/kernel/domainname"])
+    bundle.config["linux"]["sysctl"] = {"kernel.domainname": "example.test"}
+    if user is None:
+        # Rootless, /proc/sys/kernel/domainname belongs to the host's root: the write is refused (EACCES).
+        assert output_of(bundle.run()) == "example.test\n"
+    bundle.config = helpers.without_namespace(bundle.config, "uts")
+    bundle.config.pop("hostname", None)
+    assert_refused(bundle.run(), bundle, "'kernel.domainname' needs a uts namespace")
+
+
+@pytest.mark.parametrize(("kind", "proc_name", "key", "value"), [
+    ("network", "net", "net.ipv4.ip_forward", "1"), ("uts", "uts", "kernel.domainname", "x")])
+def test_a_sysctl_in_the_runtimes_own_namespace_joined_by_path_is_refused(make_bundle, kind, proc_name, key,
+                                                                          value):
+    # runc refuses it for the network namespace ("not allowed in host network namespace").
+    bundle = make_bundle(args=["true"])
+    config = helpers.without_namespace(bundle.config, kind)
+    config["linux"]["namespaces"].append({"type": kind, "path": f"/proc/{os.getpid()}/ns/{proc_name}"})
+    config["linux"]["sysctl"] = {key: value}
+    bundle.config = config
+    assert_refused(bundle.run(), bundle, f"'{key}': the {kind} namespace", "is the runtime's own")
