@@ -93,6 +93,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
     from ocirt.linux import namespaces
     from ocirt.linux.process import ProcessPlan
 
+    if opts.pid_file:
+        check_pid_file(opts.pid_file)
     config = load_config(opts.bundle)
     log.trace("config", "%s/config.json read and validated", opts.bundle)
     _pass_notify_socket(config)
@@ -228,6 +230,12 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         log.trace("create", "container %s created, init pid %d", opts.container_id, spawned.pid)
         return container, spawned
     except BaseException:
+        if getattr(container, "data", None) and container.data.get("pid"):
+            # The init exists already (the pid file could not be written): it goes with the rest.
+            try:
+                _kill_and_wait(container)
+            except OcirtError as err:
+                log.warning(f"cleanup: {err}")
         if cgroup is not None:
             try:
                 cgroup.destroy()
@@ -380,14 +388,35 @@ def _owner() -> str:
         return str(os.geteuid())
 
 
+def check_pid_file(path: str) -> None:
+    """Fail before anything is made when the pid file's directory can't take it (runc finds out only after
+    starting the process, then kills it)."""
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.stat(directory)
+    except OSError as err:
+        raise OcirtError(f"cannot write pid file {path}: {why(err)}") from None
+    if (st.st_mode & 0o170000) != 0o040000:
+        raise OcirtError(f"cannot write pid file {path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OcirtError(f"cannot write pid file {path}: permission denied")
+
+
 def _write_pid_file(path: str, pid: int) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, str(pid).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OcirtError(f"cannot write pid file {path}: {why(err)}") from None
 
 
 # -- start ----------------------------------------------------------------------------------------------------
@@ -707,11 +736,27 @@ def exec_process_dict(opts: ExecOptions, config: dict) -> dict:
     return process
 
 
+# runc's exit code for an exec that fails before its process runs, whatever the reason (missing container,
+# paused, missing binary, bad user, pid file): scripts around runc test for it.
+EXEC_FAILED = 255
+
+
 def exec_process(opts: ExecOptions) -> int:
+    """Run a process in the container; the process's exit code in the foreground, else 0."""
+    try:
+        return _exec_process(opts)
+    except OcirtError as err:
+        err.exit_code = EXEC_FAILED
+        raise
+
+
+def _exec_process(opts: ExecOptions) -> int:
     from ocirt import syscalls as sc
     from ocirt.linux.exec import ExecPlan, spawn_exec
     from ocirt.linux.process import ProcessPlan
 
+    if opts.pid_file:
+        check_pid_file(opts.pid_file)
     container = Container.load(opts.root, opts.container_id, shared=True)
     try:
         status = container.status()
@@ -765,10 +810,23 @@ def exec_process(opts: ExecOptions) -> int:
     container.close()
     spawned = spawn_exec(plan)
     if opts.pid_file:
-        _write_pid_file(opts.pid_file, spawned.pid)
+        try:
+            _write_pid_file(opts.pid_file, spawned.pid)
+        except OcirtError:
+            # As runc: no process runs that its caller can't know of.
+            _kill_exec_process(spawned.pid)
+            raise
     if opts.detach:
         return 0
     return _wait_foreground(spawned)
+
+
+def _kill_exec_process(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)  # ours in the foreground (a subreaper), someone else's when detached
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _wait_foreground(spawned) -> int:

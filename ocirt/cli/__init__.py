@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not rest or opts.get("help"):
             _print_help(None)
-            return 0 if opts.get("help") else 1
+            return 0  # runc prints its help and exits 0 without a command too
         name = ALIASES.get(rest[0], rest[0])
         command = BY_NAME.get(name)
         if command is None:

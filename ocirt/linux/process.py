@@ -388,15 +388,15 @@ def find_executable(plan: ProcessPlan) -> str:
         if may_execute(st, plan):
             if (st.st_dev, st.st_ino) == plan.runtime_exe:
                 raise OcirtError(f'exec: "{name}": {path} is the runtime\'s own interpreter: refused '
-                                 "(a container must not run the host's runtime binary)", exit_code=126)
+                                 "(a container must not run the host's runtime binary)")
             return path
         denied = denied or path
     if denied is not None:
-        raise OcirtError(f'exec: "{name}": {denied}: permission denied', exit_code=126)
+        raise OcirtError(f'exec: "{name}": {denied}: permission denied')
     if "/" in name:
-        raise OcirtError(f'exec: "{name}": stat {name}: no such file or directory', exit_code=127)
+        raise OcirtError(f'exec: "{name}": stat {name}: no such file or directory')
     raise OcirtError(
-        f'exec: "{name}": executable file not found in $PATH: no such file or directory', exit_code=127
+        f'exec: "{name}": executable file not found in $PATH: no such file or directory'
     )
 
 

@@ -136,7 +136,7 @@ def test_global_help_lists_every_command_and_global_flag():
             assert f"\n   {command.name}" in result.stdout and command.summary in result.stdout
         for flag in GLOBAL_FLAGS:
             assert cli_label(flag) in result.stdout
-    assert ocirt().returncode == 1  # no command at all
+    assert ocirt().returncode == 0  # no command at all: runc 1.1.5 prints its help and exits 0 too
 
 
 def test_help_of_an_unknown_topic_and_an_unknown_command():
