@@ -183,12 +183,27 @@ def _owned(directory: str) -> bool:
 
 
 def _user_name() -> str:
+    """The caller as the host names it. In a user namespace someone else made (rootless podman runs the
+    runtime so) euid 0 is the user who owns that namespace, not the host's root."""
     import pwd
 
+    uid = _outer_uid(os.geteuid())
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(os.geteuid())
+        return str(uid)
+
+
+def _outer_uid(uid: int) -> int:
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(field) for field in line.split())
+                if inside <= uid < inside + count:
+                    return outside + uid - inside
+    except (OSError, ValueError):
+        pass
+    return uid
 
 
 def _fix_hint(user: str, controllers: list[str]) -> str:

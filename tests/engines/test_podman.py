@@ -66,6 +66,20 @@ def test_interactive_terminal_through_the_console_socket(podman: eh.Podman) -> N
         podman("rm", "--force", "--time", "0", name, check=False)
 
 
+def test_exec_with_a_terminal(podman: eh.Podman) -> None:
+    # conmon passes `exec --tty --console-socket S --detach`: the pty master goes over the socket.
+    name = new_name()
+    podman(*podman.run_args(), "--detach", "--name", name, eh.IMAGE, *eh.SERVE_UNTIL_TERM)
+    try:
+        status, screen = podman.terminal(["exec", "--interactive", "--tty", name, "sh"],
+                                         typed="tty; echo exec-answer-$((6*7)); exit 5\r")
+        assert status == 5, screen
+        assert "/dev/pts/" in screen, screen
+        assert "exec-answer-42" in screen, screen
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False)
+
+
 def test_memory_and_pids_limits_are_applied(podman: eh.Podman) -> None:
     name = new_name()
     podman(*podman.run_args(), "--detach", "--name", name, "--memory", "64m", "--pids-limit", "16", eh.IMAGE,
