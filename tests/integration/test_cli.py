@@ -147,7 +147,8 @@ def test_help_and_usage_errors():
     helped = run_cli(["--help"])
     assert helped.returncode == 0 and "create" in helped.stdout and "features" in helped.stdout
     nothing = run_cli([])
-    assert nothing.returncode != 0
+    # runc 1.1.5 prints its help and exits 0 without a command (docs/cli.md).
+    assert nothing.returncode == 0 and "create" in nothing.stdout
     unknown = run_cli(["frobnicate"])
     assert unknown.returncode != 0 and "frobnicate" in unknown.stderr
     bad_flag = run_cli(["state", "--no-such-flag", "x"])
