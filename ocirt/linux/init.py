@@ -443,6 +443,9 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
                   dict(plan.hook_state, pid=init_host_pid, status="created"))  # as prestart's
 
     rootfs.enter_rootfs(plan.rootfs)
+    if plan.process is not None:
+        # Before the root is made read-only, as runc and crun do.
+        _make_missing_cwd(plan.process.cwd)
     rootfs.finish_rootfs(plan.rootfs)
     log.trace("mounts", "root entered; masked and read-only paths applied")
 
@@ -551,6 +554,28 @@ def _errno_of(err: BaseException | None) -> int | None:
             return err.errno
         err = err.__context__
     return None
+
+
+def _make_missing_cwd(cwd: str) -> None:
+    """Create ``process.cwd`` (mode 0755, the runtime's owner) when it does not exist, as runc and crun do,
+    inside the container's root with symlinks resolved there. A cwd that exists is left to enter_cwd, which
+    may find it closed to root and open to the process user."""
+    from ocirt.linux import paths
+
+    root_fd = os.open("/", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            os.close(paths.open_in_root(root_fd, cwd, sc.O_PATH))
+            return
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                return
+        try:
+            os.close(paths.mkdir_all(root_fd, cwd, 0o755))
+        except OcirtError as err:
+            raise OcirtError(f"cannot create cwd {cwd}: {err}") from None
+    finally:
+        os.close(root_fd)
 
 
 def finish_process(proc, *, seccomp, channel: Channel, fd_pair, console_slave: int | None,

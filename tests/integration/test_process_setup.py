@@ -210,3 +210,52 @@ def test_a_sysctl_in_the_runtimes_own_namespace_joined_by_path_is_refused(make_b
     config["linux"]["sysctl"] = {key: value}
     bundle.config = config
     assert_refused(bundle.run(), bundle, f"'{key}': the {kind} namespace", "is the runtime's own")
+
+
+# -- a process.cwd the rootfs lacks ------------------------------------------------------------------------------
+def test_a_missing_cwd_is_created_inside_the_rootfs(make_bundle, user):
+    # runc and crun create it (0755, the container's root), also under a read-only root.
+    bundle = make_bundle(user=user, args=["sh", "-c", "pwd; stat -c '%a %u' /made/for/cwd /made"], own_rootfs=True)
+    assert bundle.config["root"]["readonly"] is True
+    if user is not None:  # a rootless user's own rootfs
+        helpers.chown_tree(bundle.path / "rootfs", user.uid, user.gid)
+    bundle.config["process"]["cwd"] = "/made/for/cwd"
+    assert output_of(bundle.run()) == "/made/for/cwd\n755 0\n755 0\n"
+    assert (bundle.path / "rootfs" / "made" / "for" / "cwd").is_dir()
+
+
+def test_a_missing_cwd_behind_a_symlink_is_made_in_the_rootfs_not_on_the_host(make_bundle, user, test_dir):
+    host_dir = test_dir / "host-side"
+    host_dir.mkdir()
+    os.chmod(host_dir, 0o777)
+    bundle = make_bundle(user=user, args=["pwd"], own_rootfs=True)
+    link = bundle.path / "rootfs" / "elsewhere"
+    link.symlink_to(host_dir)  # absolute: inside the container it names a path of the rootfs
+    if user is not None:
+        helpers.chown_tree(bundle.path / "rootfs", user.uid, user.gid)
+    bundle.config["process"]["cwd"] = "/elsewhere/sub"
+    assert output_of(bundle.run()) == f"{host_dir}/sub\n"  # the physical path, inside the container
+    assert list(host_dir.iterdir()) == [], "nothing was made on the host"
+    assert (bundle.path / "rootfs" / str(host_dir).lstrip("/") / "sub").is_dir()
+
+
+def test_a_cwd_through_a_file_is_one_line_and_leaves_nothing(make_bundle, user):
+    bundle = make_bundle(user=user, args=["pwd"])
+    bundle.config["process"]["cwd"] = "/etc/passwd/sub"
+    result = bundle.run()
+    assert result.returncode == 1
+    assert_refused(result, bundle, "cwd /etc/passwd/sub")
+
+
+def test_exec_does_not_create_a_missing_cwd(make_bundle, user):
+    # Neither do runc and crun: only the container's own process.cwd is made.
+    bundle = make_bundle(user=user, args=["sleep", "600"], own_rootfs=True)
+    bundle.config["root"]["readonly"] = False
+    assert bundle.run("-d").returncode == 0
+    try:
+        result = bundle.runtime(["exec", "--cwd", "/not/made", bundle.id, "true"])
+        assert result.returncode == 255
+        assert "no such file or directory" in result.stderr
+        assert not (bundle.path / "rootfs" / "not").exists()
+    finally:
+        bundle.delete(force=True)
