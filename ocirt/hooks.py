@@ -24,15 +24,18 @@ def hooks_of(config: dict, kind: str) -> list[dict]:
     return list((config.get("hooks") or {}).get(kind) or [])
 
 
-def run_hooks(hooks: list[dict], kind: str, state: dict) -> None:
-    """Run each hook in order; raise HookError for the first that fails."""
+def run_hooks(hooks: list[dict], kind: str, state: dict, env: list[str] | None = None) -> None:
+    """Run each hook in order; raise HookError for the first that fails.
+
+    A hook without ``env`` of its own gets ``env`` (the container process's, for the hooks that run in the
+    init), else the runtime's environment, as runc does."""
     if not hooks:
         return
     from ocirt.fastjson import dumps
 
     payload = dumps(state).encode()
     for i, hook in enumerate(hooks):
-        _run_one(hook, kind, i, payload)
+        _run_one(hook, kind, i, payload, env)
 
 
 def run_hooks_logged(hooks: list[dict], kind: str, state: dict) -> None:
@@ -45,15 +48,21 @@ def run_hooks_logged(hooks: list[dict], kind: str, state: dict) -> None:
     payload = dumps(state).encode()
     for i, hook in enumerate(hooks):
         try:
-            _run_one(hook, kind, i, payload)
+            _run_one(hook, kind, i, payload, None)
         except HookError as err:
             log.warning(str(err))
 
 
-def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
+def _run_one(hook: dict, kind: str, index: int, payload: bytes, inherited: list[str] | None) -> None:
     path = hook["path"]
     args = hook.get("args") or [path]
-    env = hook.get("env")
+    own = hook.get("env")
+    if own is not None:
+        env = _env_dict(own)  # exactly these, even none at all
+    elif inherited is not None:
+        env = _env_dict(inherited)
+    else:
+        env = _runtime_environment()
     timeout = hook.get("timeout")
     what = f"{kind} hook #{index} ({path})"
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
@@ -66,7 +75,7 @@ def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
         try:
             os.dup2(stdin_r, 0)
             os.dup2(err_w, 2)
-            os.execve(path, args, _env_dict(env) if env is not None else {})
+            os.execve(path, args, env)
         except OSError as err:
             os.write(2, f"{why(err)}".encode())
         except BaseException as err:  # noqa: BLE001 - the forked child must never unwind into the runtime
@@ -96,6 +105,18 @@ def _run_one(hook: dict, kind: str, index: int, payload: bytes) -> None:
         detail = stderr.decode(errors="replace").strip().replace("\n", " ")
         reason = f"exit status {status}" if status > 0 else f"killed by signal {-status}"
         raise HookError(f"{what} failed: {reason}{': ' + detail if detail else ''}")
+
+
+def _runtime_environment() -> dict[str, str]:
+    """The environment the runtime was started with. Not os.environ: Python's C-locale coercion adds
+    LC_CTYPE=C.UTF-8 to that at start-up, which runc's hooks never see; /proc/self/environ holds what
+    execve gave us."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    return _env_dict([entry.decode(errors="surrogateescape") for entry in raw.split(b"\0") if entry])
 
 
 def _env_dict(env: list[str]) -> dict[str, str]:

@@ -439,8 +439,10 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
     if plan.create_container_hooks:
         from ocirt.hooks import run_hooks
 
+        # The process's env, as runc gives it (crun gives the runtime's): HOME is not set yet.
         run_hooks(plan.create_container_hooks, "createContainer",
-                  dict(plan.hook_state, pid=init_host_pid, status="created"))  # as prestart's
+                  dict(plan.hook_state, pid=init_host_pid, status="created"),  # as prestart's
+                  env=list(plan.process.env) if plan.process is not None else [])
 
     rootfs.enter_rootfs(plan.rootfs)
     if plan.process is not None:
@@ -469,8 +471,10 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
             from ocirt.hooks import run_hooks
 
             try:
+                # The process's env, HOME included, as runc and crun give it.
                 run_hooks(plan.start_container_hooks, "startContainer",
-                          dict(plan.hook_state, pid=init_host_pid, status="running"))
+                          dict(plan.hook_state, pid=init_host_pid, status="running"),
+                          env=plan.process.env if plan.process is not None else [])
             except HookError as err:
                 os.write(fd, b"E" + str(err).encode()[:4000])
                 os._exit(1)

@@ -227,3 +227,49 @@ def test_poststart_sees_running_and_the_pid_even_when_the_program_already_exited
     finally:
         bundle.delete(force=True)
     nothing_left(bundle)
+
+
+def env_hook(kind: str, log_dir: Path, env: list[str] | None) -> dict:
+    directory = IN_CONTAINER_LOG if kind == "startContainer" else str(log_dir)
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"/usr/bin/env > {directory}/{kind}.env"]}
+    if env is not None:
+        hook["env"] = env
+    return hook
+
+
+def recorded_env(log_dir: Path, kind: str) -> dict[str, str]:
+    lines = (log_dir / f"{kind}.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith(("PWD=", "SHLVL=")))
+
+
+def test_hooks_without_env_inherit_what_runcs_do(make_bundle, test_dir):
+    """Measured with runc 1.1.5: the runtime-namespace hooks get the runtime's environment; createContainer
+    the process's env; startContainer the process's env with the HOME the process gets."""
+    bundle, log_dir = hook_bundle(make_bundle, test_dir, args=["true"])
+    bundle.config["process"]["env"] = ["PATH=/bin:/usr/bin", "PROCESS_VAR=p"]
+    bundle.config["hooks"] = {kind: [env_hook(kind, log_dir, None)] for kind in KINDS}
+    caller = {"CALLER_VAR": "c", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": None}
+    assert bundle.create(env=caller).returncode == 0
+    try:
+        assert bundle.start(env=caller).returncode == 0
+        assert wait_for(lambda: bundle.state()["status"] == "stopped")
+    finally:
+        assert bundle.delete(force=True, env=caller).returncode == 0
+    runtime_env = {"CALLER_VAR": "c", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    for kind in ("prestart", "createRuntime", "poststart", "poststop"):
+        assert recorded_env(log_dir, kind) == runtime_env, kind
+    assert recorded_env(log_dir, "createContainer") == {"PATH": "/bin:/usr/bin", "PROCESS_VAR": "p"}
+    assert recorded_env(log_dir, "startContainer") == {"PATH": "/bin:/usr/bin", "PROCESS_VAR": "p",
+                                                       "HOME": "/root"}
+
+
+def test_a_hooks_own_env_is_all_it_gets_even_when_empty(make_bundle, test_dir):
+    bundle, log_dir = hook_bundle(make_bundle, test_dir, args=["true"])
+    bundle.config["hooks"] = {kind: [env_hook(kind, log_dir, [] if kind in ("prestart", "startContainer")
+                                              else [f"ONLY={kind}"])] for kind in KINDS}
+    assert bundle.run(env={"CALLER_VAR": "c"}).returncode == 0
+    for kind in KINDS:
+        expected = {} if kind in ("prestart", "startContainer") else {"ONLY": kind}
+        seen = recorded_env(log_dir, kind)
+        seen.pop("PATH", None)  # busybox's sh exports a default PATH of its own when it gets none
+        assert seen == expected, kind
