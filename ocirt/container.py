@@ -697,6 +697,10 @@ def exec_process_dict(opts: ExecOptions, config: dict) -> dict:
         process = dict(opts.process)
         if opts.tty is not None:
             process["terminal"] = opts.tty
+        base_caps = (config.get("process") or {}).get("capabilities")
+        if "capabilities" not in process and base_caps is not None:
+            # runc and crun: a process file without capabilities gets the container's five sets.
+            process["capabilities"] = base_caps
         return process
     if not opts.args:
         raise OcirtError("exec: no command given: pass the command after the container id, or --process")

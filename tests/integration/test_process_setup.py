@@ -5,6 +5,7 @@ not exist yet, UTS sysctls. Root and rootless where both apply.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -257,5 +258,58 @@ def test_exec_does_not_create_a_missing_cwd(make_bundle, user):
         assert result.returncode == 255
         assert "no such file or directory" in result.stderr
         assert not (bundle.path / "rootfs" / "not").exists()
+    finally:
+        bundle.delete(force=True)
+
+
+# -- exec: the user's cwd and the capabilities -----------------------------------------------------------------
+def cap_line(output: str, name: str) -> int:
+    for line in output.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no {name} in {output!r}")
+
+
+CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE = 1 << 5, 1 << 10, 1 << 29
+
+
+def test_exec_user_gets_a_cwd_only_root_can_enter(make_bundle, mapped_user):
+    # runc changes directory before dropping privileges (and again after, if root was refused).
+    bundle = bundle_for(make_bundle, mapped_user, ["sleep", "600"], own_rootfs=True)
+    os.chmod(bundle.path / "rootfs" / "root", 0o700)
+    if mapped_user is not None:
+        helpers.chown_tree(bundle.path / "rootfs", mapped_user.uid, mapped_user.gid)
+    bundle.config["process"]["cwd"] = "/root"
+    assert bundle.run("-d").returncode == 0
+    try:
+        assert output_of(bundle.runtime(["exec", "--user", "1000:1000", bundle.id, "pwd"])) == "/root\n"
+    finally:
+        bundle.delete(force=True)
+
+
+def test_exec_applies_the_containers_ambient_capabilities(make_bundle, mapped_user, test_dir):
+    bundle = bundle_for(make_bundle, mapped_user, ["sleep", "600"])
+    caps = bundle.config["process"]["capabilities"]
+    caps["inheritable"] = ["CAP_KILL"]
+    caps["ambient"] = ["CAP_KILL"]
+    assert bundle.run("-d").returncode == 0
+    status = ["cat", "/proc/self/status"]
+    try:
+        for flags in ([], ["--user", "1000:1000"]):
+            seen = output_of(bundle.runtime(["exec", *flags, bundle.id, *status]))
+            assert cap_line(seen, "CapAmb") == CAP_KILL, flags
+        # A process file without capabilities gets the container's, as with runc and crun.
+        bare = {"args": status, "cwd": "/", "user": {"uid": 1000, "gid": 1000}, "env": ["PATH=/bin"]}
+        process_file = bundle.path / "bare.json"
+        process_file.write_text(json.dumps(bare))
+        seen = output_of(bundle.runtime(["exec", "--process", process_file, bundle.id]))
+        assert cap_line(seen, "CapAmb") == CAP_KILL
+        assert cap_line(seen, "CapBnd") == CAP_KILL | CAP_NET_BIND_SERVICE | CAP_AUDIT_WRITE
+        # One with capabilities of its own gets exactly those.
+        own = dict(bare, capabilities={"bounding": ["CAP_KILL"], "permitted": ["CAP_KILL"], "effective": [],
+                                       "inheritable": [], "ambient": []})
+        process_file.write_text(json.dumps(own))
+        seen = output_of(bundle.runtime(["exec", "--process", process_file, bundle.id]))
+        assert (cap_line(seen, "CapAmb"), cap_line(seen, "CapBnd")) == (0, CAP_KILL)
     finally:
         bundle.delete(force=True)
