@@ -176,6 +176,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         log.trace("fifo", "state saved, exec fifo %s made", container.fifo_path)
         cgroup.create()
         log.trace("cgroups", "created %s", lambda: " ".join(sorted(set(cgroup.paths().values()))))
+        if process_plan is not None:
+            check_realtime_runtime(process_plan, cgroup)
         container.runtime["cgroup"] = cgroup.to_state()
         container.runtime["resources"] = linux.get("resources") or {}
         container.runtime["freezer_path"] = _freezer_file(cgroup)
@@ -322,6 +324,27 @@ def _preload_for_init(plan) -> None:
         import ocirt.linux.seccomp  # noqa: F401
     if "network" in plan.namespaces.new:
         import ocirt.linux.network  # noqa: F401
+
+
+def check_realtime_runtime(plan, cgroup) -> None:
+    """SCHED_FIFO and SCHED_RR fail (EPERM) in a v1 cpu cgroup without real-time runtime, which is what a
+    new cgroup gets with real-time group scheduling: say so before any process exists."""
+    from ocirt.linux.process import REALTIME_POLICIES
+
+    if plan.scheduler is None or plan.scheduler.sched_policy not in REALTIME_POLICIES:
+        return
+    directory = cgroup.paths().get("cpu")
+    if directory is None:
+        return
+    try:
+        with open(os.path.join(directory, "cpu.rt_runtime_us")) as f:
+            runtime = f.read().strip()
+    except OSError:
+        return
+    if runtime == "0":
+        raise ConfigError(f"$.process.scheduler.policy: {plan.scheduler_policy} needs real-time runtime, and the "
+                          f"container's cpu cgroup has none (cpu.rt_runtime_us is 0): set "
+                          "linux.resources.cpu.realtimeRuntime (and realtimePeriod)")
 
 
 def _cache_dir(rootless: bool) -> str:
@@ -788,6 +811,7 @@ def _exec_process(opts: ExecOptions) -> int:
             from ocirt import cgroups
 
             cgroup = cgroups.container_manager(container)
+            check_realtime_runtime(plan_process, cgroup)
         rootless = bool(container.runtime.get("rootless"))
         from ocirt.linux.idmap import is_own_single_map
 

@@ -26,6 +26,7 @@ SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH
 SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SCHED_FLAG_DL_OVERRUN": 0x04,
                "SCHED_FLAG_KEEP_POLICY": 0x08, "SCHED_FLAG_KEEP_PARAMS": 0x10, "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
                "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}
+REALTIME_POLICIES = (SCHED_POLICIES["SCHED_FIFO"], SCHED_POLICIES["SCHED_RR"])
 IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
 PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
 MEMPOLICY_MODES = {"MPOL_DEFAULT": 0, "MPOL_PREFERRED": 1, "MPOL_BIND": 2, "MPOL_INTERLEAVE": 3,
@@ -91,6 +92,7 @@ class ProcessPlan:
                 raise ConfigError(f"$.process.rlimits[{i}]: {name} soft limit {soft} is above hard limit {hard}")
             self.rlimits.append((name, RLIMITS[name], _rlim(soft), _rlim(hard)))
         self.scheduler = _plan_scheduler(process.get("scheduler"))
+        self.scheduler_policy = (process.get("scheduler") or {}).get("policy")
         self.io_priority = _plan_ioprio(process.get("ioPriority"))
         self.personality = _plan_personality(linux.get("personality"))
         self.memory_policy = _plan_mempolicy(linux.get("memoryPolicy"))
@@ -206,7 +208,11 @@ def apply_scheduling(plan: ProcessPlan) -> None:
         try:
             sc.sched_setattr(0, plan.scheduler)
         except OSError as err:
-            raise OcirtError(f"cannot set scheduler: {why(err)}") from None
+            reason = why(err)
+            if err.errno == errno.EPERM and plan.scheduler.sched_policy in REALTIME_POLICIES:
+                reason += (": a real-time policy needs CAP_SYS_NICE in the host's user namespace (or an "
+                           "RLIMIT_RTPRIO of at least its priority) and real-time runtime in the cpu cgroup")
+            raise OcirtError(f"cannot set scheduler {plan.scheduler_policy}: {reason}") from None
     if plan.io_priority is not None:
         try:
             sc.ioprio_set(1, 0, plan.io_priority)

@@ -313,3 +313,52 @@ def test_exec_applies_the_containers_ambient_capabilities(make_bundle, mapped_us
         assert (cap_line(seen, "CapAmb"), cap_line(seen, "CapBnd")) == (0, CAP_KILL)
     finally:
         bundle.delete(force=True)
+
+
+# -- the scheduler ---------------------------------------------------------------------------------------------
+# runc 1.1.5 and crun 1.8.1 ignore process.scheduler on this machine (the policy stays SCHED_OTHER); ocirt
+# applies it, so where the kernel refuses a policy the message says why.
+def policy_of(text: str) -> int:
+    return int(next(line for line in text.splitlines() if line.startswith("policy")).split(":")[1])
+
+
+@pytest.mark.parametrize(("policy", "number"), [("SCHED_FIFO", 1), ("SCHED_RR", 2)])
+def test_a_realtime_policy_is_set_in_run_and_exec_given_realtime_runtime(make_bundle, policy, number):
+    bundle = make_bundle(args=["sh", "-c", "grep ^policy /proc/self/sched; exec sleep 600"])
+    bundle.config["process"]["scheduler"] = {"policy": policy, "priority": 10}
+    bundle.config["linux"]["resources"]["cpu"] = {"realtimeRuntime": 20000, "realtimePeriod": 1000000}
+    # Right below the root cgroup: a child's real-time runtime comes out of its parent's, and the suite's
+    # own parent cgroup has none.
+    bundle.config["linux"]["cgroupsPath"] = "/" + bundle.id
+    out = bundle.path / "init.out"
+    assert bundle.run("-d", stdout=out).returncode == 0
+    try:
+        assert helpers.wait_for(lambda: "policy" in out.read_text())
+        assert policy_of(out.read_text()) == number
+        exec_out = output_of(bundle.runtime(["exec", bundle.id, "grep", "^policy", "/proc/self/sched"]))
+        assert policy_of(exec_out) == number, "exec takes the container's scheduler, as runc 1.2 does"
+    finally:
+        bundle.delete(force=True)
+
+
+def test_a_realtime_policy_without_realtime_runtime_is_one_line_before_anything_runs(make_bundle):
+    bundle = make_bundle(args=["true"])
+    bundle.config["process"]["scheduler"] = {"policy": "SCHED_FIFO", "priority": 10}
+    result = bundle.run()
+    assert_refused(result, bundle, "SCHED_FIFO needs real-time runtime", "cpu.rt_runtime_us is 0",
+                   "realtimeRuntime")
+    assert not bundle.cgroup_dirs()
+
+
+def test_a_realtime_policy_rootless_says_what_it_lacks(make_bundle, unprivileged_user):
+    bundle = make_bundle(user=unprivileged_user, args=["true"])
+    bundle.config["process"]["scheduler"] = {"policy": "SCHED_RR", "priority": 5}
+    assert_refused(bundle.run(), bundle, "cannot set scheduler SCHED_RR: operation not permitted",
+                   "CAP_SYS_NICE in the host's user namespace")
+
+
+def test_batch_and_nice_apply_root_and_rootless(make_bundle, user):
+    bundle = make_bundle(user=user, args=["sh", "-c", "grep ^policy /proc/self/sched; cut -d' ' -f19 /proc/self/stat"])
+    bundle.config["process"]["scheduler"] = {"policy": "SCHED_BATCH", "nice": 19}
+    policy, nice = output_of(bundle.run()).split("\n")[:2]
+    assert (policy_of(policy), nice) == (3, "19")
