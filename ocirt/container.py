@@ -370,7 +370,13 @@ def _make_exec_fifo(path: str, userns_linux: dict | None) -> None:
 
             uid = host_id(userns_linux.get("uidMappings") or [], 0)
             gid = host_id(userns_linux.get("gidMappings") or [], 0)
-            os.fchown(fd, uid if uid is not None else -1, gid if gid is not None else -1)
+            try:
+                os.fchown(fd, uid if uid is not None else -1, gid if gid is not None else -1)
+            except OSError as err:
+                if err.errno != 22:  # EINVAL: an id this user namespace of the runtime does not map
+                    raise
+                raise ConfigError(f"$.linux.uidMappings/gidMappings: the host ids {uid}:{gid} of the "
+                                  "container's root are not mapped in the runtime's own user namespace") from None
     finally:
         os.close(fd)
 

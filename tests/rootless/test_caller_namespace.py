@@ -34,3 +34,15 @@ def test_the_delegation_hint_names_the_user_not_the_namespaces_root(make_bundle,
             assert "--user root" not in result.stderr
     finally:
         bundle.delete(force=True, runtime=runtime)
+
+
+def test_maps_naming_ids_the_runtimes_namespace_lacks_are_one_line(make_bundle, unprivileged_user, test_dir):
+    # The user's real uid is not mapped in its own namespace (only 0 is): a config written for outside.
+    bundle = make_bundle(user=unprivileged_user, args=["true"])
+    runtime = in_own_user_namespace(test_dir, bundle.runtime_path or helpers.runtime_path())
+    result = bundle.run(runtime=runtime)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "internal error" not in result.stderr
+    assert "not mapped in the runtime's own user namespace" in result.stderr
+    assert not (bundle.root / bundle.id).exists()
