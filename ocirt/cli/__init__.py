@@ -198,6 +198,12 @@ COMMANDS: tuple[Command, ...] = (
         (("--path",), "path", VALUE, "the subtree's path under each hierarchy (default: a per-user one)"),
     ), "delegate chowns a cgroup subtree in each hierarchy to the user, so rootless containers of that "
        "user get resource limits; undelegate gives them back to root (an ocirt command; runc has none)."),
+    Command("seccomp", "seccomp", "show, compare and apply seccomp profiles", "show|diff|apply <profile>...",
+            2, 3, (_BUNDLE,),
+            "show PROFILE lists a profile's rules (a linux.seccomp section, or a config.json holding one); "
+            "diff A B shows the syscalls and actions B adds, removes or changes from A (exit code 1 when "
+            "they differ); apply PROFILE writes it into the bundle's config.json as linux.seccomp "
+            "(an ocirt command; runc has none)."),
     Command("help", "", "show the commands, or one command's help", "[command]", 0, 1, (),
             "Prints the list of commands, or the help of the command named."),
 )
