@@ -17,7 +17,8 @@ class CreateOptions:
     def __init__(self, *, root: str, container_id: str, bundle: str | None = None, pid_file: str | None = None,
                  console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
                  preserve_fds: int = 0, rootless: bool = False, detach: bool = True,
-                 relay_console: bool = False, listen_fds: int = 0, systemd_cgroup: bool = False):
+                 relay_console: bool = False, listen_fds: int = 0, systemd_cgroup: bool = False,
+                 seccomp_learn=None):
         self.root = root
         self.container_id = container_id
         self.bundle = os.path.abspath(bundle or ".")
@@ -32,6 +33,8 @@ class CreateOptions:
         # How many of the preserved fds are systemd socket-activation fds (LISTEN_FDS), counted in preserve_fds.
         self.listen_fds = listen_fds
         self.systemd_cgroup = systemd_cgroup
+        # ocirt.linux.seccomp_learn.LearnOptions: record the syscalls into a profile instead of filtering.
+        self.seccomp_learn = seccomp_learn
 
 
 # -- config ---------------------------------------------------------------------------------------------------
@@ -132,7 +135,9 @@ def create(opts: CreateOptions, *, for_run: bool = False):
 
         check_net_devices(net_devices, rootless=opts.rootless)
     seccomp = None
-    if linux.get("seccomp"):
+    if opts.seccomp_learn is not None:
+        seccomp = _learning_filter(opts.seccomp_learn, linux, process_plan)
+    elif linux.get("seccomp"):
         from ocirt.linux.seccomp import compile_filter
 
         seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(opts.rootless))
@@ -224,6 +229,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         container.data["pid"] = spawned.pid
         container.data["status"] = CREATED
         container.runtime["start_time"] = spawned.start_time
+        if spawned.recorder is not None:
+            container.runtime["seccomp_learn"] = spawned.recorder.to_state()
         hooks = config.get("hooks") or {}
         container.runtime["hooks"] = {k: hooks[k] for k in ("poststart", "poststop") if hooks.get(k)}
         container.save()
@@ -246,6 +253,23 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         container.remove()
         container.close()
         raise
+
+
+def _learning_filter(learn, linux: dict, process_plan):
+    """--seccomp-learn: the filter that records every syscall, in place of the config's own profile."""
+    from ocirt import seccomp_profile
+    from ocirt.linux import seccomp_learn
+    from ocirt.linux.seccomp import binding
+
+    if process_plan is None:
+        raise ConfigError("--seccomp-learn: the config has no process to learn from")
+    seccomp_learn.check_host()
+    binding()  # the names of the recorded numbers come from libseccomp: refuse now if it is missing
+    seccomp_profile.check_learning_target(learn.profile)
+    if linux.get("seccomp"):
+        log.warning("--seccomp-learn: the config's linux.seccomp is not loaded in this run: every syscall "
+                    "is recorded and allowed")
+    return seccomp_learn.LearningFilter(learn)
 
 
 NOTIFY_SOCKET_IN_CONTAINER = "/run/notify/notify.sock"
@@ -322,6 +346,10 @@ def _preload_for_init(plan) -> None:
         import ocirt.linux.lsm  # noqa: F401
     if plan.seccomp is not None:
         import ocirt.linux.seccomp  # noqa: F401
+    if getattr(plan.seccomp, "learning", False):
+        import struct  # noqa: F401
+
+        import ocirt.linux.seccomp_learn  # noqa: F401
     if "network" in plan.namespaces.new:
         import ocirt.linux.network  # noqa: F401
 
@@ -594,7 +622,7 @@ def _signal_init(container: Container, sig: int) -> None:
 
 
 # -- delete ---------------------------------------------------------------------------------------------------
-def delete(root: str, container_id: str, *, force: bool = False) -> None:
+def delete(root: str, container_id: str, *, force: bool = False, wait_for_learning: bool = True) -> None:
     try:
         container = Container.load(root, container_id)
     except ContainerNotFound:
@@ -610,7 +638,7 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
             raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
         # The cgroups are verified once, while the init still lives (its own cgroups are evidence then).
         manager = _kill_and_wait(container) if status != STOPPED else None
-        destroy(container, manager)
+        destroy(container, manager, wait_for_learning=wait_for_learning)
     finally:
         container.close()
 
@@ -640,8 +668,9 @@ def _kill_and_wait(container: Container):
     return manager
 
 
-def destroy(container: Container, manager=None) -> None:
-    """Release everything a stopped container still holds, then forget it."""
+def destroy(container: Container, manager=None, *, wait_for_learning: bool = True) -> None:
+    """Release everything a stopped container still holds, then forget it. A learning container's
+    recorder is given time to write its profile first (``wait_for_learning``)."""
     runtime = container.runtime
     if runtime.get("cgroup"):
         from ocirt import cgroups
@@ -671,8 +700,19 @@ def destroy(container: Container, manager=None) -> None:
         state = container.spec_state()
         state["status"] = STOPPED
         run_hooks_logged(hooks["poststop"], "poststop", state)
+    learning = runtime.get("seccomp_learn")
+    if learning and wait_for_learning:
+        from ocirt.linux.seccomp_learn import wait_for_recorder
+
+        if not wait_for_recorder(learning, RECORDER_TIMEOUT):
+            log.warning(f"--seccomp-learn: processes of {container.id!r} still use its filter: "
+                        f"{learning.get('profile')} is written when the last one exits")
     container.remove()
     log.trace("delete", "state of %s removed", container.id)
+
+
+# How long delete and run wait for a learning container's recorder to write its profile.
+RECORDER_TIMEOUT = 10.0
 
 
 # -- exec -----------------------------------------------------------------------------------------------------
@@ -920,8 +960,36 @@ def run(opts: CreateOptions, *, keep: bool = False) -> int:
     watch.on_gone = lambda: _kill_pid(spawned.pid)
     exit_code = _wait_foreground(spawned)
     watch.on_gone = None
-    if not keep:
-        _cleanup_after_run(opts)
+    if spawned.recorder is None:
+        if not keep:
+            _cleanup_after_run(opts)
+        return exit_code
+    return _finish_learning_run(opts, spawned.recorder, exit_code, keep)
+
+
+def _finish_learning_run(opts: CreateOptions, recorder, exit_code: int, keep: bool) -> int:
+    """The recorder writes the profile once no process uses the filter: every zombie reaped, which is
+    this process's job (the init's children come to it, the subreaper). What remains alive after the
+    program's end (a container without a pid namespace) goes with the container's deletion."""
+    try:
+        result = recorder.result(1.0, reap=_reap_orphans)
+    finally:
+        if not keep:
+            _cleanup_after_run(opts, wait_for_learning=False)
+    if result is None and not keep:
+        result = recorder.result(RECORDER_TIMEOUT, reap=_reap_orphans)
+    learn = opts.seccomp_learn
+    if result is None:
+        learn.summary = (f"processes of {opts.container_id!r} still use its filter: {learn.profile} is "
+                         "written when the last one exits")
+        log.warning(f"--seccomp-learn: {learn.summary}")
+        return exit_code
+    if not result.ok:
+        raise OcirtError(f"--seccomp-learn: {result.message}", exit_code=exit_code or 1)
+    learn.summary = result.message
+    log.info(f"seccomp-learn: {result.message}")
+    log.debug(f"seccomp-learn: {result.notifications} syscalls recorded; the runtime's after loading the "
+              f"filter: {' '.join(result.runtime) or 'none'}")
     return exit_code
 
 
@@ -985,8 +1053,8 @@ def _reap_orphans() -> None:
             return
 
 
-def _cleanup_after_run(opts: CreateOptions) -> None:
+def _cleanup_after_run(opts: CreateOptions, *, wait_for_learning: bool = True) -> None:
     try:
-        delete(opts.root, opts.container_id, force=True)
+        delete(opts.root, opts.container_id, force=True, wait_for_learning=wait_for_learning)
     except OcirtError as err:
         log.warning(f"cleanup after run: {err}")

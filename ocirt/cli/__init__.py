@@ -88,6 +88,12 @@ _CREATE_FLAGS = (
     (("--no-new-keyring",), "no_new_keyring", SWITCH,
      "keep the caller's session keyring instead of making one for the container"),
     _PRESERVE_FDS, _PIDFD_SOCKET,
+    (("--seccomp-learn",), "seccomp_learn", VALUE,
+     "record every syscall of the container's processes and merge them into this seccomp profile "
+     "(made if missing), in place of the config's own linux.seccomp; works unprivileged"),
+    (("--seccomp-learn-errno",), "seccomp_learn_errno", VALUE,
+     "the errno the learned profile's default action returns, a name or number (default: EPERM, or "
+     "the existing profile's)"),
 )
 _FORMAT = (("--format", "-f"), "format", VALUE, "'table' (default) or 'json'")
 
@@ -202,8 +208,8 @@ COMMANDS: tuple[Command, ...] = (
             2, 3, (_BUNDLE,),
             "show PROFILE lists a profile's rules (a linux.seccomp section, or a config.json holding one); "
             "diff A B shows the syscalls and actions B adds, removes or changes from A (exit code 1 when "
-            "they differ); apply PROFILE writes it into the bundle's config.json as linux.seccomp "
-            "(an ocirt command; runc has none)."),
+            "they differ); apply PROFILE writes it into the bundle's config.json as linux.seccomp. "
+            "Profiles are learned with `ocirt run --seccomp-learn` (an ocirt command; runc has none)."),
     Command("help", "", "show the commands, or one command's help", "[command]", 0, 1, (),
             "Prints the list of commands, or the help of the command named."),
 )

@@ -59,8 +59,20 @@ def _create_options(opts: dict, cmd: dict, positional: list[str], *, detach: boo
         no_pivot=bool(cmd.get("no_pivot")), no_new_keyring=bool(cmd.get("no_new_keyring")),
         preserve_fds=preserve_fds(cmd), rootless=rootless_mode(opts), detach=detach,
         relay_console=not detach and not cmd.get("console_socket"), listen_fds=listen_fds(),
-        systemd_cgroup=bool(opts.get("systemd_cgroup")),
+        systemd_cgroup=bool(opts.get("systemd_cgroup")), seccomp_learn=_learn_options(cmd),
     )
+
+
+def _learn_options(cmd: dict):
+    if not cmd.get("seccomp_learn"):
+        if cmd.get("seccomp_learn_errno"):
+            raise OcirtError("--seccomp-learn-errno needs --seccomp-learn PROFILE")
+        return None
+    from ocirt.linux.seccomp_learn import LearnOptions
+    from ocirt.seccomp_profile import parse_errno
+
+    errno_text = cmd.get("seccomp_learn_errno")
+    return LearnOptions(cmd["seccomp_learn"], parse_errno(errno_text) if errno_text else None)
 
 
 def cmd_create(opts, cmd, positional):
@@ -74,7 +86,11 @@ def cmd_run(opts, cmd, positional):
     from ocirt.container import run
 
     detach = bool(cmd.get("detach"))
-    return run(_create_options(opts, cmd, positional, detach=detach), keep=bool(cmd.get("keep")))
+    options = _create_options(opts, cmd, positional, detach=detach)
+    code = run(options, keep=bool(cmd.get("keep")))
+    if options.seccomp_learn is not None and options.seccomp_learn.summary:
+        sys.stderr.write(f"ocirt: seccomp-learn: {options.seccomp_learn.summary}\n")
+    return code
 
 
 def cmd_start(opts, cmd, positional):

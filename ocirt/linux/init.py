@@ -186,10 +186,12 @@ def _single_own_map(plan: InitPlan) -> bool:
 
 
 class Spawned:
-    def __init__(self, pid: int, start_time: int, console_master: int | None):
+    def __init__(self, pid: int, start_time: int, console_master: int | None, recorder=None):
         self.pid = pid
         self.start_time = start_time
         self.console_master = console_master
+        # A learning run's seccomp recorder (ocirt.linux.seccomp_learn.Recorder).
+        self.recorder = recorder
 
 
 def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
@@ -203,10 +205,13 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
 
     parent, child = Channel.pair()
     fd_pair = None
-    if plan.relay_console or notify_listener(plan.seccomp):
+    learn = getattr(plan.seccomp, "learning", False)
+    if plan.relay_console or notify_listener(plan.seccomp) or learn:
         import _socket
 
         fd_pair = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    if learn:
+        fd_pair = plan.seccomp.prepare_handoff(fd_pair)
     join_fds = namespaces.open_join_fds(plan.namespaces)
     from ocirt.linux import rootfs
 
@@ -226,6 +231,7 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
     for _, fd in join_fds:
         os.close(fd)
     init_pid = 0
+    recorder = None
     try:
         if "user" in plan.namespaces.new:
             parent.expect("userns")
@@ -255,11 +261,16 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
         if notify_listener(plan.seccomp) and fd_pair is not None:
             forward_notify_fd(parent, fd_pair, plan.seccomp,
                               dict(plan.hook_state, pid=init_pid, status="creating"), init_pid)
+        elif learn and fd_pair is not None:
+            # The init's next syscall waits for the recorder's answer.
+            recorder = plan.seccomp.start_recording(parent, fd_pair, init_pid, detached=not plan.die_with_runtime)
         parent.expect("ready")
         log.trace("init", "ready: user, capabilities and no_new_privs set; it waits on the exec fifo")
-        return Spawned(init_pid, start_time or 0, console_master)
+        return Spawned(init_pid, start_time or 0, console_master, recorder)
     except BaseException:
         kill_spawned(intermediate, init_pid)
+        if recorder is not None:
+            recorder.wait(2)  # it ends, writing nothing (the program never ran), once the init is reaped
         raise
     finally:
         parent.close()
@@ -488,7 +499,8 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         _wait_without_a_process(proc_fd, fifo_fd, plan.container_id)
     finish_process(plan.process, seccomp=plan.seccomp, channel=channel, fd_pair=fd_pair,
                    console_slave=console_slave, setgroups_allowed=plan.setgroups_allowed,
-                   preserve_fds=plan.preserve_fds, listener=bool(notify_listener(plan.seccomp)),
+                   preserve_fds=plan.preserve_fds,
+                   listener=bool(notify_listener(plan.seccomp)) or getattr(plan.seccomp, "learning", False),
                    keyring=None if plan.no_new_keyring else f"_ses.{plan.container_id}",
                    after_ready=wait_for_start, die_with_runtime=plan.die_with_runtime)
 
@@ -709,6 +721,9 @@ def _setup_console(plan: InitPlan, fd_pair, channel: Channel) -> int:
 
 
 def _install_seccomp(compiled, fd_pair, channel: Channel) -> None:
+    if getattr(compiled, "learning", False):
+        compiled.install(fd_pair, channel)  # ocirt.linux.seccomp_learn.LearningFilter
+        return
     from ocirt.linux.seccomp import install_filter
 
     listener_fd = install_filter(compiled)

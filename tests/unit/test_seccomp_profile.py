@@ -1,15 +1,17 @@
-"""Learned seccomp profiles as data: the merge that keeps hand edits, `ocirt seccomp show|diff|apply`.
-No root, no kernel feature."""
+"""Learned seccomp profiles as data: the merge that keeps hand edits, `ocirt seccomp show|diff|apply`,
+the learning filter's BPF and the recorder's result line. No root, no kernel feature."""
 
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 
 from ocirt import seccomp_profile as sp
 from ocirt.cli import main
 from ocirt.errors import ConfigError, OcirtError
+from ocirt.linux import seccomp_learn
 
 
 def test_the_runtimes_set_is_init_after_filter_computed():
@@ -150,3 +152,36 @@ def test_the_seccomp_command(tmp_path, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_the_learning_program_allows_only_the_handoff():
+    program = seccomp_learn.learning_program(901)
+    insns = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    assert insns[-2] == (0x06, 0, 0, seccomp_learn.SECCOMP_RET_ALLOW)
+    assert insns[-1] == (0x06, 0, 0, seccomp_learn.SECCOMP_RET_USER_NOTIF)
+    assert (0x15, 0, 3, 901) in insns
+    # Every jump that fails lands on USER_NOTIF.
+    for index, (code, jt, jf, _) in enumerate(insns):
+        if code == 0x15:
+            assert jt == 0 and index + 1 + jf == len(insns) - 1
+
+
+def test_the_recorders_result_line_round_trips():
+    result = seccomp_learn.Result(True, "p.json: 3 syscalls allowed", ("capset", "write"), 17)
+    back = seccomp_learn.Result.decode(result.encode())
+    assert (back.ok, back.message, back.runtime, back.notifications) == (True, result.message, result.runtime, 17)
+    for garbage in (b"", b"ok", b"ok x\nmsg", b"what 1\nmsg\n"):
+        assert not seccomp_learn.Result.decode(garbage).ok
+
+
+@pytest.mark.parametrize("module", ["seccomp", "pyseccomp"])
+def test_recorded_numbers_become_names_per_architecture(monkeypatch, module):
+    binding = pytest.importorskip(module)
+    monkeypatch.setattr("ocirt.linux.seccomp.binding", lambda: binding)
+    x86_64, x86 = 0xC000003E, 0x40000003
+    recorded = {x86_64 << 32 | 1, x86_64 << 32 | (0x40000000 | 519), x86 << 32 | 4, x86_64 << 32 | 99999,
+                0x12345678 << 32 | 1}
+    names, arches, unknown = seccomp_learn.names_of(recorded)
+    assert names == {"write", "recvmsg"}
+    assert arches == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert unknown == ["1 (audit arch 0x12345678)", "99999 (SCMP_ARCH_X86_64)"]
