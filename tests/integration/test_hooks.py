@@ -242,10 +242,23 @@ def recorded_env(log_dir: Path, kind: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith(("PWD=", "SHLVL=")))
 
 
-def test_hooks_without_env_inherit_what_runcs_do(make_bundle, test_dir):
+@pytest.fixture(params=["root", "rootless"])
+def user(request) -> helpers.UnprivilegedUser | None:
+    if request.param == "rootless":
+        return request.getfixturevalue("unprivileged_user")
+    return None
+
+
+def test_hooks_without_env_inherit_what_runcs_do(make_bundle, test_dir, user):
     """Measured with runc 1.1.5: the runtime-namespace hooks get the runtime's environment; createContainer
     the process's env; startContainer the process's env with the HOME the process gets."""
-    bundle, log_dir = hook_bundle(make_bundle, test_dir, args=["true"])
+    log_dir = test_dir / "hooklog"
+    log_dir.mkdir()
+    if user is not None:
+        os.chown(log_dir, user.uid, user.gid)
+    bundle = make_bundle(user=user, args=["true"])
+    bundle.config["mounts"].append({"destination": IN_CONTAINER_LOG, "type": "bind", "source": str(log_dir),
+                                    "options": ["rbind", "rw"]})
     bundle.config["process"]["env"] = ["PATH=/bin:/usr/bin", "PROCESS_VAR=p"]
     bundle.config["hooks"] = {kind: [env_hook(kind, log_dir, None)] for kind in KINDS}
     caller = {"CALLER_VAR": "c", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": None}
@@ -255,7 +268,7 @@ def test_hooks_without_env_inherit_what_runcs_do(make_bundle, test_dir):
         assert wait_for(lambda: bundle.state()["status"] == "stopped")
     finally:
         assert bundle.delete(force=True, env=caller).returncode == 0
-    runtime_env = {"CALLER_VAR": "c", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    runtime_env = {key: value for key, value in {**helpers.base_env(user), **caller}.items() if value is not None}
     for kind in ("prestart", "createRuntime", "poststart", "poststop"):
         assert recorded_env(log_dir, kind) == runtime_env, kind
     assert recorded_env(log_dir, "createContainer") == {"PATH": "/bin:/usr/bin", "PROCESS_VAR": "p"}

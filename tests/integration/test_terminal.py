@@ -327,6 +327,30 @@ def test_the_relay_drains_output_still_pending_when_the_process_exits(make_bundl
         assert output.count(b"\n") == lines, attempt
 
 
+def test_the_relay_reaps_once_when_the_process_exits_with_a_full_pty(make_bundle, user):
+    # Deterministic form of the race above: the caller's terminal is not read, so the relay blocks writing
+    # to it, the process fills the container's pty behind it and exits; only then is the caller's side read.
+    # The relay then sees the exit with several reads of output still pending in the container's pty.
+    lines = 5000  # ~24 KB: more than the caller's pty takes, less than it, the relay and the container's pty hold
+    bundle = make_bundle(user=user, args=["sh", "-c", f"seq {lines}; exit 7"], terminal=True)
+    bundle.write()
+    proc, master = start_on_pty(bundle, ["run", "--bundle", bundle.path, bundle.id])
+    try:
+        stopped = wait_for(lambda: '"stopped"' in bundle.runtime(["state", bundle.id]).stdout, timeout=30)
+        assert stopped, "the process did not finish writing into the container's pty"
+        output = read_to_end(master, timeout=30)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"internal error" not in output, output[-300:]
+    assert code == 7, output[-300:]
+    assert output.endswith(f"{lines}\r\n".encode()), output[-100:]
+    assert output.count(b"\n") == lines
+
+
 def test_the_relay_leaves_line_ends_to_the_callers_terminal(make_bundle, user, test_dir):
     # runc clears ONLCR on the pty it relays: what the process writes arrives unchanged, and the caller's
     # own terminal (still translating on output) shows it with one "\r\n".
