@@ -6,11 +6,23 @@ Every operation takes the container's lock first, so operations on one id never 
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from ocirt import OCI_VERSION, log
 from ocirt.errors import ConfigError, ContainerNotFound, InvalidState, NotRunning, OcirtError, why
-from ocirt.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container, ensure_root
+from ocirt.faults import crash_point
+from ocirt.state import (
+    CREATED,
+    CREATING,
+    EXEC_FIFO,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    Container,
+    read_all,
+    write_file_atomic,
+)
 
 
 class CreateOptions:
@@ -41,10 +53,15 @@ class CreateOptions:
 def load_config(bundle: str) -> dict:
     path = os.path.join(bundle, "config.json")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            raw = read_all(fd, CONFIG_MAX_BYTES)
+        finally:
+            os.close(fd)
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {why(err)}") from None
+    except ValueError:
+        raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES >> 20} MiB, the most ocirt reads") from None
     from ocirt.fastjson import JSONError, loads
 
     try:
@@ -53,34 +70,104 @@ def load_config(bundle: str) -> dict:
         raise ConfigError(f"{path}: malformed JSON: {err}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
-    if b"\\u0000" in raw:
-        where = _nul_byte_at(config)
-        if where:
-            raise ConfigError(f"{where}: contains a NUL byte")
+    check_json_document(config, raw, where=path)
     from ocirt.spec.validate import check_config
 
     check_config(config)
+    _check_counts(config)
     return config
 
 
-def _nul_byte_at(config: dict) -> str | None:
-    """The JSON path of the first string holding a NUL byte, annotations aside: paths, names and values
-    reach the kernel as C strings, which a NUL would silently cut short (or Python refuses mid-init)."""
-    pending: list[tuple[str, object]] = [("$", config)]
+# The most config.json (or an exec --process file) may hold: far more than any real one (the kernel's
+# limit on args plus env is 2-6 MiB), and little enough that parsing the worst of it stays bounded.
+CONFIG_MAX_BYTES = 4 << 20
+# Deeper than any structure of the spec (seccomp args are the deepest, at 7 levels).
+JSON_MAX_DEPTH = 64
+
+
+def check_json_document(doc: object, raw: bytes, *, where: str) -> None:
+    """What a schema can't say about a parsed document: it nests at most JSON_MAX_DEPTH levels (code that
+    walks it must not run out of stack), and its strings can reach the kernel as C strings: no NUL byte
+    (annotations aside: they never do), no lone UTF-16 surrogate ("\\ud800" is valid JSON, but no byte
+    string encodes it)."""
+    depth = _depth(doc)
+    if depth > JSON_MAX_DEPTH:
+        raise ConfigError(f"{where}: nested more than {JSON_MAX_DEPTH} levels deep")
+    nul = b"\\u0000" in raw
+    surrogate = b"\\ud" in raw or b"\\uD" in raw
+    if nul or surrogate:
+        found = _bad_string_at(doc, nul=nul, surrogate=surrogate)
+        if found:
+            raise ConfigError(f"{found[0]}: {found[1]}")
+
+
+def _depth(doc: object) -> int:
+    deepest = 0
+    pending = [(doc, 1)]
     while pending:
-        where, node = pending.pop()
+        node, depth = pending.pop()
+        if depth > deepest:
+            deepest = depth
+            if depth > JSON_MAX_DEPTH:
+                break
+        for child in node.values() if type(node) is dict else node:  # type: ignore[attr-defined]
+            if type(child) is dict or type(child) is list:
+                pending.append((child, depth + 1))
+    return deepest
+
+
+def _bad_string_at(doc: object, *, nul: bool, surrogate: bool) -> tuple[str, str] | None:
+    """The JSON path of the first string (or key) holding a NUL byte outside the annotations (paths, names
+    and values reach the kernel as C strings, which a NUL would silently cut short) or a lone surrogate,
+    and what is wrong with it."""
+
+    def problem(text: str, in_annotations: bool) -> str | None:
+        if nul and not in_annotations and "\0" in text:
+            return "contains a NUL byte"
+        if surrogate:
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                return "is not valid Unicode: it holds a lone UTF-16 surrogate"
+        return None
+
+    pending: list[tuple[str, object, bool]] = [("$", doc, False)]
+    while pending:
+        where, node, in_annotations = pending.pop()
         if isinstance(node, str):
-            if "\0" in node:
-                return where
+            found = problem(node, in_annotations)
+            if found:
+                return where, found
         elif isinstance(node, dict):
             for key, value in node.items():
-                if "\0" in key:
-                    return where
-                if where != "$" or key != "annotations":
-                    pending.append((f"{where}.{key}", value))
+                found = problem(key, in_annotations)
+                if found:
+                    return where, found
+                annotations = in_annotations or (where == "$" and key == "annotations")
+                pending.append((f"{where}.{key}", value, annotations))
         elif isinstance(node, list):
-            pending.extend((f"{where}[{i}]", item) for i, item in enumerate(node))
+            pending.extend((f"{where}[{i}]", item, in_annotations) for i, item in enumerate(node))
     return None
+
+
+def _check_counts(config: dict) -> None:
+    """Counts the schema can't bound, because the kernel's limit is a setting of the host."""
+    linux = config.get("linux") or {}
+    mounts = len(config.get("mounts") or []) + len(linux.get("maskedPaths") or []) + \
+        len(linux.get("readonlyPaths") or [])
+    if mounts > 1000:
+        limit = _mount_max()
+        if mounts > limit:
+            raise ConfigError(f"$.mounts: {mounts} mounts, with the masked and read-only paths: more than one "
+                              f"mount namespace may hold (fs.mount-max is {limit})")
+
+
+def _mount_max() -> int:
+    try:
+        with open("/proc/sys/fs/mount-max", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 100000
 
 
 def _rootfs_path(config: dict, bundle: str) -> str:
@@ -143,8 +230,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(opts.rootless))
         log.trace("seccomp", "BPF program ready (from the cache: %s)", seccomp.from_cache)
 
-    ensure_root(opts.root, opts.rootless)
-    container = Container.new(opts.root, opts.container_id)
+    container = Container.new(opts.root, opts.container_id, rootless=opts.rootless, reclaim=_reclaim)
+    crash_point()
     cgroup = None
     try:
         from ocirt import cgroups
@@ -176,17 +263,27 @@ def create(opts: CreateOptions, *, for_run: bool = False):
             "ocirt": {"creator_pid": os.getpid(), "rootless": opts.rootless},
         }
         container.save()
+        crash_point()
         _save_config(container, config)
-        _make_exec_fifo(container.fifo_path, linux if ns_plan.has("user") and os.geteuid() == 0 else None)
+        crash_point()
+        fifo_group = _make_exec_fifo(container, ns_plan, process_plan, linux)
         log.trace("fifo", "state saved, exec fifo %s made", container.fifo_path)
-        cgroup.create()
-        log.trace("cgroups", "created %s", lambda: " ".join(sorted(set(cgroup.paths().values()))))
-        if process_plan is not None:
-            check_realtime_runtime(process_plan, cgroup)
-        container.runtime["cgroup"] = cgroup.to_state()
+        crash_point()
+        # Recorded before they exist: from here on, a crash leaves cgroups that delete --force knows of
+        # (marked "creating": which directories the dead create made, their tags say).
+        container.runtime["cgroup"] = dict(cgroup.to_state(), creating=True)
         container.runtime["resources"] = linux.get("resources") or {}
         container.runtime["freezer_path"] = _freezer_file(cgroup)
         container.save()
+        crash_point()
+        cgroup.create()
+        log.trace("cgroups", "created %s", lambda: " ".join(sorted(set(cgroup.paths().values()))))
+        crash_point()
+        container.runtime["cgroup"] = cgroup.to_state()
+        container.save()
+        crash_point()
+        if process_plan is not None:
+            check_realtime_runtime(process_plan, cgroup)
 
         from ocirt.linux.init import InitPlan, spawn
 
@@ -198,6 +295,17 @@ def create(opts: CreateOptions, *, for_run: bool = False):
                         die_with_runtime=not opts.detach)
         plan.hook_state = _hook_state(container)
         plan.close_in_child.append(container.lock_fd)
+        plan.fifo_group = fifo_group
+
+        def record_init(init_pid: int, start_time: int) -> None:
+            # Saved before the init may go on: a create that dies after this leaves an init that
+            # delete --force can find; one that dies before it leaves an init that exits on its own.
+            container.data["pid"] = init_pid
+            container.runtime["start_time"] = start_time
+            container.save()
+            crash_point()
+
+        plan.on_init_pid = record_init
         _preload_for_init(plan)
 
         runtime_hook_kinds = [k for k in ("prestart", "createRuntime") if (config.get("hooks") or {}).get(k)]
@@ -226,6 +334,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
                 raise
 
         spawned = spawn(plan, runtime_hooks)
+        crash_point()
         container.data["pid"] = spawned.pid
         container.data["status"] = CREATED
         container.runtime["start_time"] = spawned.start_time
@@ -234,23 +343,26 @@ def create(opts: CreateOptions, *, for_run: bool = False):
         hooks = config.get("hooks") or {}
         container.runtime["hooks"] = {k: hooks[k] for k in ("poststart", "poststop") if hooks.get(k)}
         container.save()
+        crash_point()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, spawned.pid)
+            crash_point()
         log.trace("create", "container %s created, init pid %d", opts.container_id, spawned.pid)
         return container, spawned
     except BaseException:
-        if getattr(container, "data", None) and container.data.get("pid"):
-            # The init exists already (the pid file could not be written): it goes with the rest.
-            try:
+        # Undo all of it: an init that is already waiting for `start` (when the last save or the pid file
+        # failed), the cgroups, the directory.
+        try:
+            if container.init_alive():
                 _kill_and_wait(container)
-            except OcirtError as err:
-                log.warning(f"cleanup: {err}")
-        if cgroup is not None:
-            try:
+            if cgroup is not None:
                 cgroup.destroy()
-            except OcirtError as err:
-                log.warning(f"cleanup: {err}")
-        container.remove()
+        except OcirtError as err:
+            log.warning(f"cleanup: {err}")
+        try:
+            container.remove()
+        except OcirtError as err:
+            log.warning(f"cleanup: {err}")
         container.close()
         raise
 
@@ -311,19 +423,80 @@ def _save_config(container: Container, config: dict) -> None:
     """exec needs the container's process defaults and seccomp later, even if the bundle changes."""
     from ocirt.fastjson import dumps
 
-    fd = os.open(os.path.join(container.dir, CONFIG_COPY), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                 0o600)
-    try:
-        os.write(fd, dumps(config).encode())
-    finally:
-        os.close(fd)
+    write_file_atomic(container.lock_fd, CONFIG_COPY, dumps(config).encode(), what=f"the config of {container.id!r}")
 
 
 def saved_config(container: Container) -> dict:
     from ocirt.fastjson import loads
 
-    with open(os.path.join(container.dir, CONFIG_COPY), "rb") as f:
-        return loads(f.read())  # type: ignore[return-value]
+    try:
+        fd = os.open(CONFIG_COPY, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=container.lock_fd)
+        try:
+            config = loads(read_all(fd, 2 * CONFIG_MAX_BYTES))
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise OcirtError(f"container {container.id!r}: cannot read its saved config: {why(err)}") from None
+    except ValueError as err:  # JSONError, UnicodeDecodeError, too large
+        raise OcirtError(f"container {container.id!r}: its saved config is unreadable: {err}") from None
+    if not isinstance(config, dict):
+        raise OcirtError(f"container {container.id!r}: its saved config is not a JSON object")
+    return config
+
+
+def _make_exec_fifo(container: Container, ns_plan, process_plan, linux: dict) -> int | None:
+    """The fifo whose opening by `start` lets the init exec. Only the runtime's user (who reads it at
+    `start`) and the container's process (which writes it, after its switch to the config's user) may open
+    it: 0600, or 0620 with the process's own group when the process runs as another host uid.
+
+    The init holds an O_PATH fd of the fifo from before that switch, but reopening it for writing still
+    checks the mode. Returns the gid (as the container sees it) that the init must give the fifo itself,
+    when a rootless runtime may not: the subordinate gid of a process that isn't the container's root."""
+    os.mkfifo(EXEC_FIFO, 0o600, dir_fd=container.lock_fd)
+    # Changed through an fd of the fifo just made: a name swapped for a link in between is never followed.
+    fd = os.open(EXEC_FIFO, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=container.lock_fd)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OcirtError(f"{container.fifo_path} is not the fifo just made")
+        return _give_exec_fifo(fd, ns_plan, process_plan, linux)
+    finally:
+        os.close(fd)
+
+
+def _give_exec_fifo(fd: int, ns_plan, process_plan, linux: dict) -> int | None:
+    mapped = ns_plan.has("user")
+    from ocirt.linux.idmap import host_id
+
+    # Without a process the init waits as the container's root.
+    uid, gid = (process_plan.uid, process_plan.gid) if process_plan is not None else (0, 0)
+    uid_maps, gid_maps = linux.get("uidMappings") or [], linux.get("gidMappings") or []
+    host_uid = host_id(uid_maps, uid) if mapped else uid
+    host_gid = host_id(gid_maps, gid) if mapped else gid
+    if host_uid is not None and host_uid == os.geteuid():
+        return None
+    if host_gid is not None and (os.geteuid() == 0 or host_gid == os.getegid() or host_gid in os.getgroups()):
+        try:
+            os.fchown(fd, -1, host_gid)
+        except OSError as err:
+            if err.errno != 22:  # EINVAL: an id this user namespace of the runtime does not map
+                raise
+            raise ConfigError(f"$.linux.gidMappings: the host gid {host_gid} of the container's process is not "
+                              "mapped in the runtime's own user namespace") from None
+        os.fchmod(fd, 0o620)
+        return None
+    if host_gid is not None and "user" in ns_plan.new and _maps_host_id(uid_maps, os.geteuid()) \
+            and _maps_host_id(gid_maps, os.getegid()):
+        # The init, root of the new user namespace, may give a file of ours to a gid mapped there.
+        os.fchmod(fd, 0o620)
+        return gid
+    # A user namespace whose maps we don't know (joined) or don't contain us: the mode alone must let the
+    # process write. The directory around the fifo is private to the runtime's user all the same.
+    os.fchmod(fd, 0o622)
+    return None
+
+
+def _maps_host_id(mappings: list[dict], host: int) -> bool:
+    return any(m["hostID"] <= host < m["hostID"] + m["size"] for m in mappings)
 
 
 def _preload_for_init(plan) -> None:
@@ -380,33 +553,6 @@ def _cache_dir(rootless: bool) -> str:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return os.path.join(base, "ocirt")
     return "/var/cache/ocirt"
-
-
-def _make_exec_fifo(path: str, userns_linux: dict | None) -> None:
-    """The exec fifo, its mode (and, with a user namespace made by root, its owner: the container's root)
-    set through an fd of the fifo just made: a name swapped for a link in between is never followed."""
-    os.mkfifo(path, 0o622)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_mode & 0o170000 != 0o010000:
-            raise OcirtError(f"{path} is not the fifo just made")
-        # The umask would take the write bits away from a container process that runs as a non-root id
-        # (a subordinate uid, rootless); the state dir around it is private anyway.
-        os.fchmod(fd, 0o622)
-        if userns_linux is not None:
-            from ocirt.linux.idmap import host_id
-
-            uid = host_id(userns_linux.get("uidMappings") or [], 0)
-            gid = host_id(userns_linux.get("gidMappings") or [], 0)
-            try:
-                os.fchown(fd, uid if uid is not None else -1, gid if gid is not None else -1)
-            except OSError as err:
-                if err.errno != 22:  # EINVAL: an id this user namespace of the runtime does not map
-                    raise
-                raise ConfigError(f"$.linux.uidMappings/gidMappings: the host ids {uid}:{gid} of the "
-                                  "container's root are not mapped in the runtime's own user namespace") from None
-    finally:
-        os.close(fd)
 
 
 def _freezer_file(cgroup) -> str | None:
@@ -486,8 +632,10 @@ def start(root: str, container_id: str) -> None:
                 raise InvalidState(f"cannot start container {container_id!r}: it is stopped")
             raise InvalidState(f"cannot start container {container_id!r} in status {status}: "
                                "it is not in the created state")
+        crash_point()
         _release_init(container)
         log.trace("fifo", "exec fifo opened: pid %d runs its program", container.data.get("pid"))
+        crash_point()
         hooks = container.runtime.get("hooks") or {}
         if hooks.get("poststart"):
             from ocirt.hooks import run_hooks_logged
@@ -502,12 +650,28 @@ def start(root: str, container_id: str) -> None:
 
 def _release_init(container: Container) -> None:
     """Open the exec fifo: the init, blocked opening its other end, runs the startContainer hooks and
-    execs. It writes "0" (or "E" and the hook's error) and the fifo reaches EOF at its execve."""
+    execs. It writes "0" (or "E" and the hook's error) and the fifo reaches EOF at its execve.
+
+    The fifo, the mark of the "created" status, goes as soon as the init is released. If a `start` died
+    in between, a later one finds the fifo but an init that has already left: it sees the init run
+    another program and takes the container as started."""
     import select
 
-    fd = os.open(container.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(EXEC_FIFO, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=container.lock_fd)
+    except OSError as err:
+        raise OcirtError(f"container {container.id!r}: cannot open its exec fifo: {why(err)}") from None
     received = b""
     try:
+
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OcirtError(f"container {container.id!r}: {container.fifo_path} is not a fifo")
+        crash_point()
+        try:
+            os.unlink(EXEC_FIFO, dir_fd=container.lock_fd)
+        except FileNotFoundError:
+            pass
+        crash_point()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:
@@ -527,16 +691,22 @@ def _release_init(container: Container) -> None:
                 if received.startswith(b"E"):
                     break
                 raise OcirtError(f"container {container.id!r}: its init exited before start")
-            if not received:
-                continue
+            if not received and _init_has_left_the_runtime(container.pid):
+                return
     finally:
         os.close(fd)
-        try:
-            os.unlink(container.fifo_path)
-        except FileNotFoundError:
-            pass
     if received.startswith(b"E"):
         raise OcirtError(received[1:].decode(errors="replace"))
+
+
+def _init_has_left_the_runtime(pid: int) -> bool:
+    """Whether the init already runs the container's program rather than the runtime's interpreter."""
+    try:
+        exe = os.stat(f"/proc/{pid}/exe")
+        own = os.stat("/proc/self/exe")
+    except OSError:
+        return False
+    return (exe.st_dev, exe.st_ino) != (own.st_dev, own.st_ino)
 
 
 # -- state, kill ----------------------------------------------------------------------------------------------
@@ -585,11 +755,8 @@ def kill(root: str, container_id: str, sig: int, *, all_processes: bool = False)
         status = container.status()
         if status not in (CREATED, RUNNING, PAUSED):
             raise NotRunning(container_id)
-        if all_processes and container.runtime.get("cgroup"):
-            from ocirt import cgroups
-
-            manager = cgroups.container_manager(container)
-            assert manager is not None
+        manager = cgroup_manager(container) if all_processes else None
+        if manager is not None:
             manager.kill_all(sig)
             if status == PAUSED and sig == 9:
                 manager.thaw()
@@ -624,36 +791,68 @@ def _signal_init(container: Container, sig: int) -> None:
 # -- delete ---------------------------------------------------------------------------------------------------
 def delete(root: str, container_id: str, *, force: bool = False, wait_for_learning: bool = True) -> None:
     try:
-        container = Container.load(root, container_id)
+        container = Container.load(root, container_id, partial=force)
     except ContainerNotFound:
         if force:
             return
         raise
     try:
+        crash_point()
+        if container.problem is not None:
+            _remove_unreadable(container)
+            return
         status = container.status()
         if status in (RUNNING, PAUSED) and not force:
             raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
         if status in (CREATING, CREATED) and not force:
             # runtime.md: deleting a container that is not stopped MUST fail (runc deletes a created one).
             raise InvalidState(f"cannot delete container {container_id!r} that is not stopped: {status}")
-        # The cgroups are verified once, while the init still lives (its own cgroups are evidence then).
-        manager = _kill_and_wait(container) if status != STOPPED else None
+        manager = None
+        if status != STOPPED or container.init_alive():
+            # (A stopped container with a live init is one whose create died after the init was made.)
+            # The cgroups are verified once, while the init still lives (its own cgroups are evidence then).
+            manager = _kill_and_wait(container)
+            crash_point()
         destroy(container, manager, wait_for_learning=wait_for_learning)
     finally:
         container.close()
 
 
-def _kill_and_wait(container: Container):
-    manager = None
-    if container.runtime.get("cgroup"):
-        from ocirt import cgroups
+def _reclaim(container: Container) -> None:
+    """Clean up after a create that died (Container.new found its directory, locked and stale)."""
+    log.info(f"container {container.id!r}: reclaiming what a create that did not finish left")
+    if container.problem is not None:
+        _remove_unreadable(container)
+        return
+    manager = _kill_and_wait(container) if container.init_alive() else None
+    destroy(container, manager)
 
-        manager = cgroups.container_manager(container)
+
+def _remove_unreadable(container: Container) -> None:
+    """A directory without a usable state: a create that died before its first save (nothing else of it
+    exists yet), or a damaged file, which ocirt's atomic saves never leave: then whatever the container
+    still holds can't be identified, and only the directory goes."""
+    from ocirt.state import NO_STATE
+
+    if container.problem != NO_STATE:
+        log.warning(f"container {container.id!r}: its state is unreadable ({container.problem}): removing its "
+                    "directory; its processes and cgroups, if any, can't be identified")
+    container.remove()
+
+
+def _kill_and_wait(container: Container):
+    manager = cgroup_manager(container, for_cleanup=True)
+    signalled = False
     if container.init_alive():
         try:
             _signal_init(container, 9)
+            signalled = True
         except NotRunning:
             pass
+        except OcirtError as err:
+            # Not a process this caller may signal, so not the container's init (whose user namespace or
+            # uid is the caller's): a state that names someone else's process, which stays untouched.
+            log.warning(f"{err}: leaving that process alone")
     if manager is not None:
         try:
             manager.kill_all(9)
@@ -661,22 +860,35 @@ def _kill_and_wait(container: Container):
         except OcirtError as err:
             log.debug(f"kill --all during delete: {err}")
     deadline = time.monotonic() + 10
-    while container.init_alive():
+    while signalled and container.init_alive():
         if time.monotonic() > deadline:
             raise OcirtError(f"container {container.id!r}: its init did not die after SIGKILL")
         time.sleep(0.002)
     return manager
 
 
+def cgroup_manager(container: Container, *, for_cleanup: bool = False):
+    """The container's cgroups, as far as they are verifiably its own; None when it has none. A record
+    that doesn't parse fails the command, or, while cleaning up, is reported and skipped."""
+    if not container.runtime.get("cgroup"):
+        return None
+    from ocirt import cgroups
+
+    try:
+        return cgroups.container_manager(container)
+    except OcirtError as err:
+        if not for_cleanup:
+            raise OcirtError(f"container {container.id!r}: {err}") from None
+        log.warning(f"container {container.id!r}: {err}; its cgroups, if any, stay")
+        return None
+
+
 def destroy(container: Container, manager=None, *, wait_for_learning: bool = True) -> None:
     """Release everything a stopped container still holds, then forget it. A learning container's
     recorder is given time to write its profile first (``wait_for_learning``)."""
     runtime = container.runtime
-    if runtime.get("cgroup"):
-        from ocirt import cgroups
-
-        manager = manager or cgroups.container_manager(container)
-        assert manager is not None
+    manager = manager or cgroup_manager(container, for_cleanup=True)
+    if manager is not None:
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -691,6 +903,7 @@ def destroy(container: Container, manager=None, *, wait_for_learning: bool = Tru
                     log.warning(f"cannot remove the cgroups of {container.id!r}: {err}")
                     break
                 time.sleep(0.01)
+        crash_point()
     # linux.netDevices are not moved back (config-linux.md: the runtime MUST NOT move them out before the
     # namespace is gone): a physical device returns to the host with the namespace, a virtual one dies.
     hooks = runtime.get("hooks") or {}
@@ -700,6 +913,7 @@ def destroy(container: Container, manager=None, *, wait_for_learning: bool = Tru
         state = container.spec_state()
         state["status"] = STOPPED
         run_hooks_logged(hooks["poststop"], "poststop", state)
+        crash_point()
     learning = runtime.get("seccomp_learn")
     if learning and wait_for_learning:
         from ocirt.linux.seccomp_learn import wait_for_recorder
@@ -852,11 +1066,8 @@ def _exec_process(opts: ExecOptions) -> int:
             from ocirt.linux.seccomp import compile_filter
 
             seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(bool(container.runtime.get("rootless"))))
-        cgroup = None
-        if container.runtime.get("cgroup"):
-            from ocirt import cgroups
-
-            cgroup = cgroups.container_manager(container)
+        cgroup = cgroup_manager(container)
+        if cgroup is not None:
             check_realtime_runtime(plan_process, cgroup)
         rootless = bool(container.runtime.get("rootless"))
         from ocirt.linux.idmap import is_own_single_map
@@ -882,7 +1093,9 @@ def _exec_process(opts: ExecOptions) -> int:
     # The exec'd process must not inherit the lock, and the lock must not outlive this setup: a long
     # foreground exec would otherwise block every other command on the container.
     container.close()
+    crash_point()
     spawned = spawn_exec(plan)
+    crash_point()
     if opts.pid_file:
         try:
             _write_pid_file(opts.pid_file, spawned.pid)
@@ -890,6 +1103,7 @@ def _exec_process(opts: ExecOptions) -> int:
             # As runc: no process runs that its caller can't know of.
             _kill_exec_process(spawned.pid)
             raise
+        crash_point()
     if opts.detach:
         return 0
     return _wait_foreground(spawned)

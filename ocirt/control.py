@@ -22,13 +22,11 @@ if TYPE_CHECKING:
 
 
 def _manager(container: Container) -> Manager:
-    saved = container.runtime.get("cgroup")
-    if not saved:
-        raise OcirtError(f"container {container.id!r} has no cgroup: its state predates cgroup management")
-    from ocirt import cgroups
+    from ocirt.container import cgroup_manager
 
-    manager = cgroups.container_manager(container)
-    assert manager is not None
+    manager = cgroup_manager(container)
+    if manager is None:
+        raise OcirtError(f"container {container.id!r} has no cgroup: its state predates cgroup management")
     return manager
 
 

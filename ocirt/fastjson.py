@@ -40,6 +40,8 @@ def loads(text: str | bytes) -> object:
         raise JSONError(f"invalid JSON at offset {err.value}") from None
     except ValueError as err:
         raise JSONError(str(err)) from None
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
     except SystemError:
         # The C scanner reports syntax errors through json.decoder, which it looks up only if already
         # imported: pay for the import on this error path alone, for the message.
@@ -72,7 +74,10 @@ _encode = _json.make_encoder(
 
 
 def dumps(obj: object) -> str:
-    return "".join(_encode(obj, 0))
+    try:
+        return "".join(_encode(obj, 0))
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
 
 
 def dumps_indent(obj: object, indent: str = "  ", _level: int = 0) -> str:

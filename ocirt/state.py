@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 
 from ocirt import OCI_VERSION
 from ocirt.errors import ContainerExists, ContainerNotFound, InvalidState, OcirtError, why
@@ -62,17 +63,133 @@ def default_root(rootless: bool) -> str:
     return f"/tmp/ocirt-{os.geteuid()}"
 
 
-def ensure_root(root: str, rootless: bool) -> None:
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+# No state file of ocirt's comes near this; a bigger one was not written by ocirt, and reading it whole
+# could take the memory of the host.
+STATE_MAX_BYTES = 16 << 20
+
+# The real path of each state directory already checked by this process, and whose authority it carries
+# (see open_root): None when the caller's own permissions apply.
+_opened: dict[str, int | None] = {}
+
+
+def open_root(root: str, *, create: bool = False, rootless: bool = False) -> str:
+    """The real path of the state directory ``root``, once it can be trusted; ``create`` makes it if missing.
+
+    Rootless, the directory must be the caller's own, and private. As root (the real one, outside a user
+    namespace), a forged state.json would make root signal, join or remove whatever it names, so the
+    directory, and every directory above it, must be writable by no one but its owner (a sticky, root-owned
+    parent such as /tmp excepted), and each parent must belong to root or to that owner. A state directory
+    owned by a user is legitimate (Slurm runs `state`, `kill` and `delete` as root on its users' containers),
+    but then the command runs with that user's authority only: root drops to the owner's uid and groups
+    before it reads any state, so the kernel allows exactly what the owner could do. Containers of root's
+    own are never created in a user's state directory.
+    """
+    real = os.path.realpath(root)
+    if real in _opened and not create:
+        return real
+    made = _make_dirs(real) if create else []
     try:
-        os.makedirs(root, mode=0o700 if rootless else 0o711, exist_ok=True)
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return real  # nothing is stored there: every lookup finds no container
     except OSError as err:
-        raise OcirtError(f"cannot create state directory {root}: {why(err)}") from None
-    st = os.lstat(root)
-    if rootless and st.st_uid != os.geteuid():
-        raise OcirtError(f"state directory {root} is owned by uid {st.st_uid}, not by you")
-    if rootless and st.st_mode & 0o077:
-        # Others must not reach the state (the exec fifo, the saved config) of a user's containers.
-        os.chmod(root, 0o700)
+        raise OcirtError(f"cannot use state directory {root}: {why(err)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OcirtError(f"state directory {root} is not a directory")
+    owner = None
+    if os.geteuid() == 0 and not in_user_namespace():
+        try:
+            owner = _trusted_owner(real, st)
+            if owner != 0 and create:
+                raise OcirtError(f"state directory {real} belongs to uid {owner}: as root, ocirt creates "
+                                 "containers only in a state directory of root's own")
+        except OcirtError:
+            for directory in reversed(made):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break
+            raise
+        if owner != 0:
+            _act_as(owner, st.st_gid)
+    elif create and rootless:
+        if st.st_uid != os.geteuid():
+            raise OcirtError(f"state directory {real} is owned by uid {st.st_uid}, not by you")
+        if st.st_mode & 0o077:
+            # Others must not reach the state (the exec fifo, the saved config) of a user's containers.
+            os.chmod(real, _DIR_MODE)
+    _opened[real] = owner
+    return real
+
+
+def _make_dirs(path: str) -> list[str]:
+    """mkdir -p with explicit modes (private leaf, 0755 parents), so a umask of 0 makes nothing writable.
+    Returns the directories it made, top first."""
+    missing = []
+    current = path
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    made = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, _DIR_MODE if directory == path else 0o755)
+            made.append(directory)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise OcirtError(f"cannot create state directory {path}: {why(err)}") from None
+    return made
+
+
+def _writers(st: os.stat_result) -> str:
+    return "everyone" if st.st_mode & 0o002 else f"group {st.st_gid}"
+
+
+def _trusted_owner(real: str, st: os.stat_result) -> int:
+    if st.st_mode & 0o022:
+        raise OcirtError(f"state directory {real} is writable by {_writers(st)}: as root, ocirt uses only a "
+                         "state directory that no one but its owner can write")
+    owner = st.st_uid
+    path = real
+    while path != "/":
+        path = os.path.dirname(path)
+        parent = os.lstat(path)
+        if parent.st_uid not in (0, owner):
+            raise OcirtError(f"state directory {real}: its parent {path} belongs to uid {parent.st_uid}, "
+                             "who could replace it")
+        if parent.st_mode & 0o022 and not (parent.st_mode & stat.S_ISVTX and parent.st_uid == 0):
+            raise OcirtError(f"state directory {real}: its parent {path} is writable by {_writers(parent)}, "
+                             "who could replace it")
+    return owner
+
+
+def _act_as(uid: int, gid: int) -> None:
+    """Become ``uid`` for good, with its groups: what follows may do only what that user may."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        groups = []
+    else:
+        gid = entry.pw_gid
+        groups = os.getgrouplist(entry.pw_name, gid)
+    from ocirt import log
+
+    log.debug(f"the state directory belongs to uid {uid}: acting with its authority")
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def _root_owner(real: str) -> int | None:
+    return _opened.get(real)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -90,49 +207,106 @@ def process_start_time(pid: int) -> int | None:
 
 
 class Container:
-    """One container's directory and state, opened under its lock."""
+    """One container's directory and state, opened under its lock.
 
-    def __init__(self, root: str, container_id: str, lock_fd: int, data: dict):
+    The lock is an flock on the directory: exclusive for commands that change the container, shared for
+    those that only read it. `create` holds it exclusively from the moment the directory exists until the
+    state says "created", so a directory that can be locked while it has no state, or a state still saying
+    "creating", was left by a create that died; such a directory is reclaimed (see ``new``), never guessed
+    at from pids.
+    """
+
+    def __init__(self, root: str, container_id: str, lock_fd: int, data: dict, problem: str | None = None):
         self.root = root
         self.id = container_id
         self.dir = os.path.join(root, container_id)
         self._lock_fd = lock_fd
         self.data = data
+        # Why the state could not be read (a half-made directory, a damaged file), for commands that act
+        # on such a container anyway (delete --force, the reclaim in new()).
+        self.problem = problem
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
-    def new(cls, root: str, container_id: str) -> Container:
+    def new(cls, root: str, container_id: str, *, rootless: bool, reclaim) -> Container:
+        """Make and lock the container's directory. An existing directory that a dead create left behind
+        is handed, locked, to ``reclaim(container)``, which cleans up after it and removes it; then the id
+        is free again. Any other existing directory means the id is taken."""
         validate_id(container_id)
-        path = os.path.join(root, container_id)
-        try:
-            os.mkdir(path, 0o711)
-        except FileExistsError:
-            raise ContainerExists(container_id) from None
-        except OSError as err:
-            raise OcirtError(f"cannot create {path}: {why(err)}") from None
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return cls(root, container_id, fd, {})
+        root = open_root(root, create=True, rootless=rootless)
+        for _attempt in range(3):
+            root_fd = _lock_root(root)
+            try:
+                try:
+                    os.mkdir(container_id, _DIR_MODE, dir_fd=root_fd)
+                except FileExistsError:
+                    stale = cls._open_stale(root, container_id)
+                except OSError as err:
+                    raise OcirtError(f"cannot create {os.path.join(root, container_id)}: {why(err)}") from None
+                else:
+                    fd = _open_dir(root, container_id)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    return cls(root, container_id, fd, {})
+            finally:
+                os.close(root_fd)
+            if stale is None:
+                raise ContainerExists(container_id)
+            try:
+                reclaim(stale)
+            finally:
+                stale.close()
+        raise ContainerExists(container_id)
 
     @classmethod
-    def load(cls, root: str, container_id: str, *, shared: bool = False) -> Container:
-        validate_id(container_id)
-        path = os.path.join(root, container_id)
+    def _open_stale(cls, root: str, container_id: str) -> Container | None:
+        """The existing directory, locked, if a dead create left it (called under the root's lock, so no
+        live create can be between its mkdir and its flock); None if the id belongs to a container."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ContainerNotFound(container_id) from None
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            fd = _open_dir(root, container_id)
+        except ContainerNotFound:
+            return None
         try:
-            with open(os.path.join(path, STATE_FILE), "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            # Deleted while we waited for the lock, or a create that has not written its state yet.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             os.close(fd)
-            raise ContainerNotFound(container_id) from None
-        from ocirt.fastjson import loads
+            return None
+        container = cls._read(root, container_id, fd, partial=True)
+        if container.problem == NO_STATE or (container.problem is None and container.data.get("status") == CREATING):
+            return container
+        container.close()
+        return None
 
-        return cls(root, container_id, fd, loads(raw))  # type: ignore[arg-type]
+    @classmethod
+    def load(cls, root: str, container_id: str, *, shared: bool = False, partial: bool = False) -> Container:
+        """Open the container's state under its lock. With ``partial``, a directory without a readable
+        state is opened too (its ``problem`` says why), for the commands that clean such a one up."""
+        validate_id(container_id)
+        root = open_root(root)
+        fd = _open_dir(root, container_id)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        return cls._read(root, container_id, fd, partial=partial)
+
+    @classmethod
+    def _read(cls, root: str, container_id: str, fd: int, *, partial: bool) -> Container:
+        try:
+            data = _read_state(fd, container_id, _root_owner(root))
+        except Unreadable as err:
+            if os.fstat(fd).st_nlink == 0:
+                # Deleted while we waited for the lock.
+                os.close(fd)
+                raise ContainerNotFound(container_id) from None
+            if partial:
+                return cls(root, container_id, fd, {}, problem=str(err))
+            os.close(fd)
+            if str(err) == NO_STATE:
+                # A create that died before it wrote any state: only delete --force (or a new create of
+                # the id) sees such a directory.
+                raise ContainerNotFound(container_id) from None
+            raise OcirtError(f"container {container_id!r}: its state is unreadable: {err}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(root, container_id, fd, data)
 
     @property
     def lock_fd(self) -> int:
@@ -145,31 +319,41 @@ class Container:
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self) -> None:
+        """Replace state.json as one step: the new state goes to a temporary file, which is synced and
+        then renamed over the old one, so a crash or a full disk leaves either state, never half of one."""
         from ocirt.fastjson import dumps
 
-        tmp = os.path.join(self.dir, f".{STATE_FILE}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, dumps(self.data).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+        write_file_atomic(self._lock_fd, STATE_FILE, dumps(self.data).encode(), what=f"the state of {self.id!r}")
 
     def remove(self) -> None:
-        """Remove the directory; the lock stays held on the (now unlinked) directory until close()."""
-        for name in os.listdir(self.dir):
+        """Remove the directory, state.json last: until the end the state says what is left to clean up.
+        The lock stays held on the (now unlinked) directory until close()."""
+        fd = self._lock_fd
+        try:
+            names = os.listdir(fd)
+        except FileNotFoundError:
+            return
+        for name in sorted(names, key=lambda n: n == STATE_FILE):
+            if name == STATE_FILE:
+                from ocirt.faults import crash_point
+
+                crash_point()
             try:
-                os.unlink(os.path.join(self.dir, name))
+                os.unlink(name, dir_fd=fd)
             except IsADirectoryError:
                 import shutil
 
                 shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
             except FileNotFoundError:
                 pass
+            except OSError as err:
+                raise OcirtError(f"cannot remove {os.path.join(self.dir, name)}: {why(err)}") from None
         try:
             os.rmdir(self.dir)
         except FileNotFoundError:
             pass
+        except OSError as err:
+            raise OcirtError(f"cannot remove {self.dir}: {why(err)}") from None
 
     # -- fields ------------------------------------------------------------------------------------------
     @property
@@ -194,9 +378,12 @@ class Container:
 
     def status(self) -> str:
         stored = self.data.get("status")
+        if stored == CREATING and self.runtime.get("creator_pid") != os.getpid():
+            # The creator holds the lock until the state says "created", and we hold it now: the create
+            # died. What it left (an init, cgroups) is for delete --force to reclaim.
+            return STOPPED
         if stored == CREATING:
-            creator = self.runtime.get("creator_pid", 0)
-            return CREATING if creator and process_start_time(creator) is not None else STOPPED
+            return CREATING
         if not self.init_alive():
             return STOPPED
         if os.path.exists(self.fifo_path):
@@ -210,13 +397,19 @@ class Container:
         if not freezer:
             return False
         try:
-            if freezer.endswith("cgroup.freeze"):
-                with open(freezer, "rb") as f:
-                    return f.read().strip() == b"1"
-            with open(freezer, "rb") as f:
-                return f.read().strip() in (b"FROZEN", b"FREEZING")
+            # Non-blocking: whatever the path names, reading it must not hang the command.
+            fd = os.open(freezer, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return False
+        try:
+            value = os.read(fd, 64).strip()
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if freezer.endswith("cgroup.freeze"):
+            return value == b"1"
+        return value in (b"FROZEN", b"FREEZING")
 
     def spec_state(self) -> dict:
         """The state object of the runtime spec, as `ocirt state` prints it and hooks read it."""
@@ -248,14 +441,166 @@ class Container:
 
 
 def list_containers(root: str) -> list[Container]:
+    """Every container under ``root`` whose state can be read, each opened with a shared lock. One whose
+    state is damaged is reported (a warning) and left out; a directory without state is a create that is
+    still running or died (delete --force reclaims it), and is left out silently."""
+    root = open_root(root)
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
+    except OSError as err:
+        raise OcirtError(f"cannot read state directory {root}: {why(err)}") from None
     containers = []
     for name in names:
         try:
             containers.append(Container.load(root, name, shared=True))
-        except OcirtError:
+        except ContainerNotFound:
             continue
+        except OcirtError as err:
+            from ocirt import log
+
+            log.warning(str(err))
     return containers
+
+
+# -- the files ---------------------------------------------------------------------------------------------
+NO_STATE = "no state file"
+
+
+class Unreadable(ValueError):
+    """A state (or saved config) file that can't be what ocirt wrote: missing, too large, not JSON."""
+
+
+def _lock_root(root: str) -> int:
+    """The state directory's own lock, held only around making a container directory and locking it, and
+    around deciding that an existing one is stale: so a reclaim never sees a create between those steps."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise OcirtError(f"cannot open state directory {root}: {why(err)}") from None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _open_dir(root: str, container_id: str) -> int:
+    try:
+        fd = os.open(os.path.join(root, container_id), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ContainerNotFound(container_id) from None
+    except OSError as err:
+        if err.errno in (20, 40):  # ENOTDIR, ELOOP: a file or a symlink where a directory should be
+            raise OcirtError(f"container {container_id!r}: {os.path.join(root, container_id)} is not a "
+                             "directory") from None
+        raise OcirtError(f"cannot open the state of container {container_id!r} in {root}: {why(err)}") from None
+    owner = _root_owner(root)
+    if owner is not None:
+        st = os.fstat(fd)
+        if st.st_uid != owner or st.st_mode & 0o022:
+            os.close(fd)
+            raise OcirtError(f"container {container_id!r}: {os.path.join(root, container_id)} is not private to "
+                             f"uid {owner}, the owner of the state directory: refusing it")
+    return fd
+
+
+def _read_state(dir_fd: int, container_id: str, owner: int | None) -> dict:
+    try:
+        fd = os.open(STATE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise Unreadable(NO_STATE) from None
+    except OSError as err:
+        raise Unreadable(f"{STATE_FILE}: {why(err)}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable(f"{STATE_FILE} is not a regular file")
+        if owner is not None and (st.st_uid != owner or st.st_mode & 0o022):
+            raise Unreadable(f"{STATE_FILE} is not private to uid {owner}, the owner of the state directory")
+        if st.st_size > STATE_MAX_BYTES:
+            raise Unreadable(f"{STATE_FILE} is {st.st_size} bytes, more than ocirt ever writes")
+        raw = read_all(fd, STATE_MAX_BYTES)
+    except OSError as err:
+        raise Unreadable(f"{STATE_FILE}: {why(err)}") from None
+    finally:
+        os.close(fd)
+    from ocirt.fastjson import JSONError, loads
+
+    try:
+        data = loads(raw)
+    except (JSONError, UnicodeDecodeError) as err:
+        raise Unreadable(f"{STATE_FILE} is not valid JSON ({err})") from None
+    problem = _state_shape_problem(data, container_id)
+    if problem:
+        raise Unreadable(f"{STATE_FILE}: {problem}")
+    return data  # type: ignore[return-value]
+
+
+# Fields whose type the commands rely on; anything else in the file is only ever printed back.
+_STATE_TYPES: dict[str, type | tuple] = {"status": str, "pid": int, "bundle": str, "rootfs": str, "created": str,
+                                         "owner": str, "ociVersion": str, "annotations": dict, "ocirt": dict}
+_RUNTIME_TYPES: dict[str, type | tuple] = {"creator_pid": int, "start_time": int, "rootless": bool,
+                                           "cgroup": dict, "resources": dict, "hooks": dict,
+                                           "freezer_path": (str, type(None)), "net_devices": (list, dict)}
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
+
+
+def _state_shape_problem(data: object, container_id: str) -> str | None:
+    if not isinstance(data, dict):
+        return "the top level is not an object"
+    if data.get("id", container_id) != container_id:
+        return f"it names container {data.get('id')!r}"
+    for fields, types, where in ((data, _STATE_TYPES, ""), (data.get("ocirt") or {}, _RUNTIME_TYPES, "ocirt.")):
+        for key, kind in types.items():
+            value = fields.get(key)
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                return f"{where}{key} has the wrong type"
+    runtime = data.get("ocirt") or {}
+    for key, value, highest in (("pid", data.get("pid"), PID_MAX), ("ocirt.creator_pid", runtime.get("creator_pid"),
+                                PID_MAX), ("ocirt.start_time", runtime.get("start_time"), 1 << 64)):
+        if value is not None and not 0 <= value <= highest:
+            return f"{key} {value} is out of range"
+    return None
+
+
+def read_all(fd: int, limit: int) -> bytes:
+    """Everything up to ``limit`` bytes; more than that is an error, so no file can take all memory."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise Unreadable(f"larger than {limit} bytes")
+
+
+def write_file_atomic(dir_fd: int, name: str, data: bytes, *, what: str) -> None:
+    """Write ``name`` in the directory ``dir_fd`` as a whole or not at all: a temporary file, every byte
+    written (a short write, such as on a full disk, is an error), synced, then renamed into place."""
+    tmp = f".{name}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE,
+                     dir_fd=dir_fd)
+    except OSError as err:
+        raise OcirtError(f"cannot save {what}: {why(err)}") from None
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(28, "short write")
+            view = view[written:]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as err:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise OcirtError(f"cannot save {what}: {why(err)}") from None

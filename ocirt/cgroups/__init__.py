@@ -439,6 +439,10 @@ def load_manager(saved: dict, *, owner: str | None = None, init_pid: int | None 
     manager._made = made
     if owner is not None:
         manager._verify(init_pid)
+        if saved.get("creating"):
+            # Saved before create() ran, by a create that then died: what it made is what carries its tag
+            # (create() tags each directory as it makes it).
+            manager._made = manager._tagged_made()
     return manager
 
 
@@ -542,6 +546,24 @@ class Manager:
 
             self._made = [directory for directory in self._made if made_here(directory)]
 
+    def _tagged_made(self) -> list[str]:
+        """The container's directories and their parents that carry its "made" tag, top-down."""
+        name = fs.tag_name(self.rootless)
+        made: list[str] = []
+        for key, leaf in self._paths.items():
+            mount = self._hierarchy_of(key)
+            if mount is None:
+                continue
+            chain = []
+            directory = leaf
+            while _inside(directory, mount):
+                chain.append(directory)
+                directory = posixpath.dirname(directory)
+            for directory in reversed(chain):
+                if directory not in made and fs.get_tag(directory, name) == self._tag_value("made"):
+                    made.append(directory)
+        return made
+
     def _untagged_is_ours(self, directory: str) -> bool:
         """Where the kernel keeps tags off cgroups: rootless, a cgroup of the state directory's owner (who could
         remove it anyway); as root, one named after the container, as the default path names it."""
@@ -551,6 +573,10 @@ class Manager:
             except OSError:
                 return False
         return posixpath.basename(directory) == self.container_id
+
+    def _tag_made(self, directory: str) -> None:
+        if self._owner is not None:
+            fs.set_tag(directory, fs.tag_name(self.rootless), self._tag_value("made"))
 
     def _tag(self, created: list[str]) -> None:
         if self._owner is None:
@@ -571,7 +597,12 @@ class Manager:
         try:
             for key, directory in self._paths.items():
                 self._check_safe(directory)
+                made_before = len(created)
                 fs.make_dirs(directory, created)
+                # Tagged as soon as they exist: a create killed from here on leaves directories that say
+                # they are this container's.
+                for new in created[made_before:]:
+                    self._tag_made(new)
                 if key == "cpuset":
                     mount = self._hierarchy_of(key)
                     if mount is not None:

@@ -145,17 +145,23 @@ def cmd_list(opts, cmd, positional):
 
 
 def _process_file(path: str) -> dict:
-    from ocirt.fastjson import JSONError, loads
+    from ocirt.container import CONFIG_MAX_BYTES, check_json_document
+    from ocirt.fastjson import loads
+    from ocirt.state import Unreadable, read_all
 
     try:
         with open(path, "rb") as f:
-            process = loads(f.read())
+            raw = read_all(f.fileno(), CONFIG_MAX_BYTES)
+        process = loads(raw)
     except OSError as err:
         raise OcirtError(f"cannot read process file {path}: {why(err)}") from None
-    except JSONError as err:
+    except Unreadable as err:
+        raise OcirtError(f"process file {path}: {err}") from None
+    except ValueError as err:  # malformed JSON, or not UTF-8
         raise OcirtError(f"process file {path}: malformed JSON: {err}") from None
     if not isinstance(process, dict):
         raise OcirtError(f"process file {path}: the top level must be a JSON object")
+    check_json_document(process, raw, where=f"process file {path}")
     return process
 
 

@@ -23,6 +23,10 @@ from ocirt import log
 from ocirt import syscalls as sc
 from ocirt.errors import ConfigError, InitError, OcirtError, why
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class Channel:
     """Line messages ("kind payload\\n") over a pair of pipes; each write is atomic (< PIPE_BUF)."""
@@ -108,6 +112,10 @@ class InitPlan:
         self.cgroup = cgroup
         self.fifo_path = fifo_path
         self.fifo_fd = -1
+        # The gid the init gives the fifo before its user switch, when the runtime may not (rootless).
+        self.fifo_group: int | None = None
+        # Called with the init's pid and start time as soon as they are known, before the init may go on.
+        self.on_init_pid: Callable[[int, int], None] | None = None
         self.console_socket = console_socket
         self.preserve_fds = preserve_fds
         self.no_new_keyring = no_new_keyring
@@ -250,6 +258,8 @@ def spawn(plan: InitPlan, run_runtime_hooks) -> Spawned:
         start_time = process_start_time(init_pid)
         if start_time is None:
             parent.expect("never")  # the init died at once: report its message
+        if plan.on_init_pid is not None:
+            plan.on_init_pid(init_pid, start_time or 0)
         parent.send("run", str(init_pid))
         console_master = None
         if plan.relay_console and fd_pair is not None:
@@ -414,6 +424,9 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
     if kind != "run":
         os._exit(1)
     init_host_pid = int(payload)
+    if plan.fifo_group is not None:
+        # Root of its user namespace, the init may hand the runtime's fifo to the process's (mapped) group.
+        os.chown(f"/proc/self/fd/{plan.fifo_fd}", -1, plan.fifo_group)
     if not plan.namespaces.has("user"):
         # Without a user namespace the container's root is the host's: until execve, nothing in the
         # container may open this process's /proc entries (its exe is the host's interpreter).

@@ -54,11 +54,15 @@ class ProcessPlan:
         for what, texts in (("args", self.args), ("env", self.env), ("cwd", [self.cwd])):
             if any("\0" in str(text) for text in texts):
                 raise ConfigError(f"$.process.{what}: contains a NUL byte")
+        _check_exec_limits(self.args, self.env)
         if not self.cwd.startswith("/"):
             raise ConfigError(f"$.process.cwd: {self.cwd!r} is not an absolute path")
         self.terminal = bool(process.get("terminal"))
         size = process.get("consoleSize") or {}
         self.console_size = (int(size["height"]), int(size["width"])) if size else None
+        if self.console_size and not all(0 <= n <= 0xFFFF for n in self.console_size):
+            raise ConfigError(f"$.process.consoleSize: {self.console_size[0]}x{self.console_size[1]} does not fit "
+                              "a terminal's window size (at most 65535 each way)")
         user = process.get("user") or {}
         self.uid = int(user.get("uid", 0))
         self.gid = int(user.get("gid", 0))
@@ -102,6 +106,27 @@ class ProcessPlan:
         from ocirt.linux import capabilities
 
         self.capabilities = capabilities.prepare(process.get("capabilities"))
+
+
+# execve(2)'s limits: one string of args or env, with its NUL, is at most MAX_ARG_STRLEN bytes; all of them,
+# with a pointer each, at most a quarter of the stack rlimit and never above 3/4 of _STK_LIM (8 MiB).
+MAX_ARG_STRLEN = 32 * 4096
+ARG_MAX_CEILING = 6 << 20
+
+
+def _check_exec_limits(args: list[str], env: list[str]) -> None:
+    """Checked now: execve would refuse them only after `start`, where the error reaches no one."""
+    total = 0
+    for what, texts in (("args", args), ("env", env)):
+        for i, text in enumerate(texts):
+            size = len(os.fsencode(str(text))) + 1
+            if size > MAX_ARG_STRLEN:
+                raise ConfigError(f"$.process.{what}[{i}]: {size} bytes, more than execve(2) takes in one string "
+                                  f"({MAX_ARG_STRLEN})")
+            total += size + 8
+    if total > ARG_MAX_CEILING:
+        raise ConfigError(f"$.process: args and env take {total} bytes, more than execve(2) ever takes "
+                          f"({ARG_MAX_CEILING})")
 
 
 def _rlim(value: int) -> int:
@@ -166,25 +191,37 @@ def _plan_mempolicy(policy: dict | None):
             raise ConfigError(f"$.linux.memoryPolicy.flags: unknown flag {flag!r}")
         value |= MEMPOLICY_FLAGS[flag]
     nodes = 0
-    for node in _parse_cpus(policy.get("nodes"), "nodes") or set():
+    for node in _parse_cpus(policy.get("nodes"), "nodes", limit=MAX_NUMNODES) or set():
         nodes |= 1 << node
     return value, nodes
 
 
-def _parse_cpus(spec: str | None, what: str) -> set[int] | None:
+# The largest cpu and NUMA node counts any kernel is built for (NR_CPUS, 1 << NODES_SHIFT): an id beyond them
+# is refused by the kernel, so it is refused here before a set of that size is ever made.
+MAX_CPUS = 8192
+MAX_NUMNODES = 1024
+
+
+def _parse_cpus(spec: str | None, what: str, limit: int = MAX_CPUS) -> set[int] | None:
     if not spec:
         return None
+    noun = "node" if what == "nodes" else "CPU"
     cpus: set[int] = set()
     try:
         for part in spec.split(","):
             part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                cpus.update(range(int(lo), int(hi) + 1))
-            elif part:
-                cpus.add(int(part))
+            if not part:
+                continue
+            lo, dash, hi = part.partition("-")
+            first, last = int(lo), int(hi) if dash else int(lo)
+            if not 0 <= first <= last:
+                raise ValueError
+            if last >= limit:
+                raise ConfigError(f"invalid {noun} list {spec[:64]!r} for {what}: {noun} {last} is beyond the "
+                                  f"kernel's limit of {limit} {noun}s")
+            cpus.update(range(first, last + 1))
     except ValueError:
-        raise ConfigError(f"invalid CPU/node list {spec!r} for {what}") from None
+        raise ConfigError(f"invalid CPU/node list {spec[:64]!r} for {what}") from None
     return cpus
 
 

@@ -276,6 +276,24 @@ def _comparison(libseccomp, arg: object, where: str) -> tuple[int, object]:
     return index, libseccomp.Arg(index, getattr(libseccomp, OPERATORS[op]), value, value_two)
 
 
+# A classic BPF program holds at most BPF_MAXINSNS (4096) instructions, and every rule takes at least one.
+BPF_MAXINSNS = 4096
+
+
+def _check_rule_count(rules: object) -> None:
+    """More rules than a filter can hold would only make libseccomp build a program the kernel refuses."""
+    if not isinstance(rules, list):
+        return
+    count = 0
+    for rule in rules:
+        if isinstance(rule, dict):
+            names, args = rule.get("names"), rule.get("args")
+            count += (len(names) if isinstance(names, list) else 1) * max(1, len(args) if isinstance(args, list) else 1)
+    if count > BPF_MAXINSNS:
+        raise ConfigError(f"{_WHERE}.syscalls: {count} rules, more than a seccomp filter of at most {BPF_MAXINSNS} "
+                          "instructions can hold")
+
+
 def binding():
     """libseccomp's Python binding: Debian's python3-seccomp, or else pyseccomp from PyPI (the
     ``ocirt[seccomp]`` extra), which has the same API and builds the same programs (ocirt.deps)."""
@@ -320,6 +338,7 @@ def _build(seccomp: dict, libseccomp=None) -> tuple[bytes, tuple[str, ...]]:
         if not program.exist_arch(arch):
             program.add_arch(arch)
 
+    _check_rule_count(seccomp.get("syscalls") or [])
     native = libseccomp.Arch.NATIVE
     skipped: list[str] = []
     for i, rule in enumerate(seccomp.get("syscalls") or []):

@@ -6,7 +6,7 @@ reasons: ``ocirt.spec.validate`` asks jsonschema for those once a document is kn
 
 from ocirt.spec.patterns import KNOWN as _KNOWN
 
-SCHEMA_DIGEST = 'f82b03d17e6added7166fe8a15ae39c35def1cbf964825c2854746f999546e10'
+SCHEMA_DIGEST = '300cd66522fbc57f0a44ce723522aa8249c68f8323622a86ad4715d17eca606a'
 
 _MISSING = object()
 
@@ -577,6 +577,8 @@ def _v24(x):  # config-linux.json#/linux/properties/namespaces
 def _v25(x):  # defs.json#/definitions/ArrayOfIDMappings
     if not isinstance(x, list):
         return False
+    if len(x) > 340:
+        return False
     for v in x:
         if not _v50(v):
             return False
@@ -914,7 +916,7 @@ def _v48(x):  # defs.json#/definitions/Hook
     if v is not _MISSING and not _v10(v):
         return False
     v = x.get('timeout', _MISSING)
-    if v is not _MISSING and not ((isinstance(v, int) and not isinstance(v, bool)) and v >= 1):
+    if v is not _MISSING and not ((isinstance(v, int) and not isinstance(v, bool)) and v >= 1 and v <= 2147483647):
         return False
     return True
 
