@@ -663,7 +663,6 @@ def _release_init(container: Container) -> None:
         raise OcirtError(f"container {container.id!r}: cannot open its exec fifo: {why(err)}") from None
     received = b""
     try:
-
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             raise OcirtError(f"container {container.id!r}: {container.fifo_path} is not a fifo")
         crash_point()
