@@ -54,7 +54,9 @@ def test_run_ends_the_container_when_its_caller_dies(bundle, test_dir):
     go, pid_file = test_dir / f"go-{bundle.id}", test_dir / f"run-{bundle.id}.pid"
     script = (f'"$@" </dev/null >/dev/null 2>&1 & echo $! > {pid_file}; '
               f'while [ ! -e {go} ]; do sleep 0.05; done')
-    os.chmod(test_dir, 0o777)
+    # Sticky, as /tmp: the caller (maybe a test user) writes its pid file here, and a root runtime still
+    # trusts the state directory below it.
+    os.chmod(test_dir, 0o1777)
     caller = subprocess.Popen(["sh", "-c", script, "caller", *run_command(bundle)], **identity(bundle))
     init = running_pid(bundle)
     run = int(pid_file.read_text())
