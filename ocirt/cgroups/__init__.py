@@ -578,12 +578,10 @@ class Manager:
         if self._owner is not None:
             fs.set_tag(directory, fs.tag_name(self.rootless), self._tag_value("made"))
 
-    def _tag(self, created: list[str]) -> None:
+    def _tag_joined(self, created: list[str]) -> None:
         if self._owner is None:
             return
         name = fs.tag_name(self.rootless)
-        for directory in created:
-            fs.set_tag(directory, name, self._tag_value("made"))
         for directory in self._directories():
             # A cgroup that was there before is the container's while it runs, but not ocirt's to remove;
             # one that another container already tagged stays that container's.
@@ -610,7 +608,7 @@ class Manager:
             self._refuse_frozen()
             # open_manager already reported this plan's notices; a second copy would only repeat them.
             self._write(self._resources, [])
-            self._tag(created)
+            self._tag_joined(created)
             self._made = created
         except BaseException:
             # Only what this call made, deepest first: a parent it made may meanwhile hold another
