@@ -91,8 +91,10 @@ def names_of(mask: int) -> list[str]:
 def capability_mask(names: object, where: str) -> int:
     """The bit mask of ``names``; ``where`` is the JSON path reported when a name is unknown.
 
-    Known capabilities this kernel lacks are left out, as runc does: a config written for a newer
-    kernel still runs.
+    A name that is no capability at all is a config error: a typo (CAP_SYSADMIN) would otherwise run the
+    container with less than it asked for. A known capability this kernel lacks "cannot be mapped to a
+    relevant kernel interface", which config.md says MUST be logged as a warning: it is left out, so a
+    config written for a newer kernel still runs.
     """
     if names is None:
         return 0
@@ -103,15 +105,11 @@ def capability_mask(names: object, where: str) -> int:
     for i, name in enumerate(names):
         cap = CAPABILITIES.get(name) if isinstance(name, str) else None
         if cap is None:
-            if not _well_formed(name):
-                raise ConfigError(f"unknown capability {name!r} in {where}[{i}]: capability names look "
-                                  "like CAP_SYS_ADMIN")
-            # The spec: a value that can't be mapped to the kernel MUST be logged as a warning, and the
-            # runtime SHOULD NOT fail (a config may name capabilities of a newer kernel).
-            log.warning(f"unknown capability {name!r} in {where}[{i}]: ignored")
-            continue
+            hint = "" if _well_formed(name) else ": capability names look like CAP_SYS_ADMIN"
+            raise ConfigError(f"unknown capability {name!r} in {where}[{i}]{hint}")
         if cap > top:
-            log.debug(f"capability {name} in {where} is not known to this kernel (last is {top}): skipped")
+            log.warning(f"capability {name} in {where} is not known to this kernel (its last is {top}): "
+                        "not granted")
             continue
         mask |= 1 << cap
     return mask
