@@ -58,16 +58,41 @@ def errno_name(number: object) -> str:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def read(path: str, *, missing_ok: bool = False) -> dict | None:
+def read(path: str, *, missing_ok: bool = False, follow: bool = True) -> dict | None:
     """The profile at ``path``: a seccomp section, or a whole config.json (its ``linux.seccomp``).
-    None when the file does not exist and ``missing_ok``."""
+    None when the file does not exist and ``missing_ok``. Without ``follow`` a symlink is refused."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_LARGEST_FILE + 1)
+        fd = _open_regular(path, follow)
     except FileNotFoundError:
         if missing_ok:
             return None
         raise OcirtError(f"cannot read seccomp profile {path}: no such file or directory") from None
+    except OSError as err:
+        raise OcirtError(f"cannot read seccomp profile {path}: {why(err)}") from None
+    try:
+        return read_fd(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: str, follow: bool = True) -> int:
+    """An fd of the regular file at ``path``: never a fifo or device, whose open or read could block."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    if os.fstat(fd).st_mode & 0o170000 != 0o100000:
+        os.close(fd)
+        raise OcirtError(f"cannot read seccomp profile {path}: not a regular file")
+    return fd
+
+
+def read_fd(fd: int, path: str) -> dict:
+    try:
+        raw = b""
+        while len(raw) <= _LARGEST_FILE:
+            chunk = os.read(fd, _LARGEST_FILE + 1 - len(raw))
+            if not chunk:
+                break
+            raw += chunk
     except OSError as err:
         raise OcirtError(f"cannot read seccomp profile {path}: {why(err)}") from None
     if len(raw) > _LARGEST_FILE:
@@ -119,7 +144,7 @@ def check_learning_target(path: str) -> None:
         raise OcirtError(f"--seccomp-learn: cannot write {path}: permission denied")
     if os.path.isdir(path):
         raise OcirtError(f"--seccomp-learn: {path} is a directory")
-    read(path, missing_ok=True)
+    read(path, missing_ok=True, follow=False)
 
 
 def write_merged(path: str, observed: set[str], architectures: list[str], errno_ret: int | None) -> Merge:
@@ -129,7 +154,9 @@ def write_merged(path: str, observed: set[str], architectures: list[str], errno_
 
     while True:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Not followed: the path was resolved when the run began, and a link put there since (in a
+            # directory someone else can write) must not make the runtime read another file.
+            fd = _open_regular(path, follow=False)
         except FileNotFoundError:
             fd = -1
         except OSError as err:
@@ -143,9 +170,9 @@ def write_merged(path: str, observed: set[str], architectures: list[str], errno_
             # Another learner may have replaced (or made) the file while this one waited for the lock.
             if not _still_current(path, fd):
                 continue
-            profile = read(path, missing_ok=True) if fd >= 0 else None
-            if profile is None and os.path.exists(path):
+            if fd < 0 and os.path.lexists(path):
                 continue
+            profile = read_fd(fd, path) if fd >= 0 else None
             merge = merge_learned(profile, observed, architectures, errno_ret)
             _replace(path, merge.profile, None if fd < 0 else os.fstat(fd))
             return merge
@@ -155,7 +182,7 @@ def write_merged(path: str, observed: set[str], architectures: list[str], errno_
 
 def _still_current(path: str, fd: int) -> bool:
     try:
-        on_disk = os.stat(path)
+        on_disk = os.lstat(path)
     except FileNotFoundError:
         return fd < 0
     if fd < 0:

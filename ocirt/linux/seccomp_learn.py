@@ -67,7 +67,9 @@ class LearnOptions:
     of its default action (None: EPERM for a new profile, an existing one's own)."""
 
     def __init__(self, profile: str, errno_ret: int | None = None):
-        self.profile = os.path.abspath(profile)
+        # Resolved now: a link the user made is followed to its target, and replacing the file later
+        # writes the target, not a file in place of the link.
+        self.profile = os.path.realpath(profile)
         self.errno_ret = errno_ret
         # Filled in by a foreground run: the recorder's one-line summary.
         self.summary: str | None = None

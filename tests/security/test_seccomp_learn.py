@@ -296,3 +296,30 @@ def test_a_recorder_that_dies_leaves_the_container_failing_not_hanging(make_bund
     assert "after" not in (test_dir / "out").read_text()
     assert not profile.exists()
     assert_nothing_left(bundle)
+
+
+def test_a_slow_recorder_makes_the_container_wait_not_fail(make_bundle, user, test_dir):
+    """While the recorder is stopped the container's calls wait in the kernel; once it runs again they
+    go on, and the profile is complete."""
+    import os
+    import signal
+    import time
+
+    bundle = make_bundle(user=user, args=["sh", "-c", "sleep 0.2; echo after"])
+    profile = bundle.path / "profile.json"
+    out = test_dir / "out"
+    assert bundle.create("--seccomp-learn", str(profile), stdout=out).returncode == 0
+    recorder = recorder_of(bundle)
+    os.kill(recorder, signal.SIGSTOP)
+    try:
+        assert bundle.start().returncode == 0  # start returns at execve, which the stopped recorder holds
+    finally:
+        time.sleep(1)
+        running = bundle.state()["status"]
+        os.kill(recorder, signal.SIGCONT)
+    assert running == "running" and out.read_text() == ""
+    assert helpers.wait_for(lambda: bundle.state()["status"] == "stopped", timeout=10)
+    assert bundle.delete().returncode == 0
+    assert out.read_text() == "after\n"
+    assert {"execve", "wait4", "write"} <= allowed(profile)
+    assert_nothing_left(bundle)

@@ -185,3 +185,25 @@ def test_recorded_numbers_become_names_per_architecture(monkeypatch, module):
     assert names == {"write", "recvmsg"}
     assert arches == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
     assert unknown == ["1 (audit arch 0x12345678)", "99999 (SCMP_ARCH_X86_64)"]
+
+
+def test_a_fifo_or_a_late_link_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(OcirtError, match="not a regular file"):
+        sp.read(str(fifo))
+    with pytest.raises(OcirtError, match="not a regular file"):
+        sp.check_learning_target(str(fifo))
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW"}))
+    (tmp_path / "link.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(OcirtError, match="too many levels of symbolic links"):
+        sp.write_merged(str(tmp_path / "link.json"), {"read"}, [], None)
+    assert json.loads((tmp_path / "elsewhere.json").read_text()) == {"defaultAction": "SCMP_ACT_ALLOW"}
+
+
+def test_a_profile_given_through_a_link_is_its_target(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "real" / "p.json")
+    assert seccomp_learn.LearnOptions(str(tmp_path / "link.json")).profile == str(tmp_path / "real" / "p.json")
