@@ -305,19 +305,20 @@ def test_a_slow_recorder_makes_the_container_wait_not_fail(make_bundle, user, te
     import signal
     import time
 
-    bundle = make_bundle(user=user, args=["sh", "-c", "sleep 0.2; echo after"])
+    bundle = make_bundle(user=user, args=["sh", "-c", "sleep 0.5; echo after"])
     profile = bundle.path / "profile.json"
     out = test_dir / "out"
     assert bundle.create("--seccomp-learn", str(profile), stdout=out).returncode == 0
     recorder = recorder_of(bundle)
+    assert bundle.start().returncode == 0
     os.kill(recorder, signal.SIGSTOP)
     try:
-        assert bundle.start().returncode == 0  # start returns at execve, which the stopped recorder holds
-    finally:
-        time.sleep(1)
+        time.sleep(1.5)
         running = bundle.state()["status"]
+        written = out.read_text()
+    finally:
         os.kill(recorder, signal.SIGCONT)
-    assert running == "running" and out.read_text() == ""
+    assert running == "running" and written == ""
     assert helpers.wait_for(lambda: bundle.state()["status"] == "stopped", timeout=10)
     assert bundle.delete().returncode == 0
     assert out.read_text() == "after\n"
