@@ -103,6 +103,10 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
             try:
                 plan.cgroup.apply(intermediate)
             except OcirtError as err:
+                # As runc: as root a process outside the container's cgroups would escape its limits, so
+                # the exec fails; rootless, a hierarchy the user was not delegated is one it can't join.
+                if not plan.cgroup.rootless:
+                    raise OcirtError(f"cannot exec in the container: {err}") from None
                 from ocirt import log
 
                 log.debug(f"exec: not joining the container's cgroups: {err}")

@@ -286,6 +286,54 @@ def test_exec_lands_in_every_cgroup_the_init_is_in(make_bundle):
     assert bundle.delete(force=True).returncode == 0
 
 
+def test_exec_that_cannot_join_the_containers_cgroup_fails_as_root(make_bundle):
+    """As runc does: as root, an exec'd process that can't be moved into one of the container's cgroups
+    would run outside its limits, so the exec fails and leaves no process. The kernel refuses the move
+    here because the container's cpuset lost its cpus (the init was moved aside first, as the kernel
+    won't empty a cpuset that has tasks)."""
+    bundle = make_bundle(args=["sleep", "60"])
+    assert bundle.run("--detach").returncode == 0
+    init_pid = state_pid(bundle)
+    init = init_cgroups(init_pid)
+    cpuset = ROOT / "cpuset" / init["cpuset"].lstrip("/")
+    aside = cpuset.parent / f"{cpuset.name}-aside"
+    try:
+        aside.mkdir()
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            (aside / name).write_text((cpuset / name).read_text())
+        (aside / "cgroup.procs").write_text(str(init_pid))
+        (cpuset / "cpuset.cpus").write_text("\n")
+        result = bundle.runtime(["exec", "--detach", bundle.id, "sleep", "61"])
+        assert result.returncode == 255, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "cannot move process" in result.stderr and "no space left on device" in result.stderr, result.stderr
+        pids_dir = ROOT / "pids" / init["pids"].lstrip("/")
+        assert (pids_dir / "cgroup.procs").read_text().split() == [str(init_pid)]
+    finally:
+        assert bundle.delete(force=True).returncode == 0
+        helpers.remove_cgroup(aside)
+
+
+@pytest.mark.rootless
+def test_rootless_exec_that_cannot_join_an_undelegated_cgroup_runs(make_bundle, runtime, unprivileged_user):
+    """Rootless, as runc: a hierarchy the user may not write to (here root took the container's pids
+    cgroup back) is one its exec'd process can't join; the exec runs in the others, quietly."""
+    user = unprivileged_user
+    with delegated(runtime, user, "memory,pids"):
+        bundle = make_bundle(user=user, args=["sleep", "60"])
+        bundle.config["linux"]["cgroupsPath"] = f"{bundle.id}/c1"
+        assert bundle.run("--detach").returncode == 0
+        init = init_cgroups(state_pid(bundle))
+        pids_dir = ROOT / "pids" / init["pids"].lstrip("/")
+        os.chown(pids_dir / "cgroup.procs", 0, 0)
+        result = bundle.runtime(["exec", "--detach", bundle.id, "sleep", "61"])
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        memory_dir = ROOT / "memory" / init["memory"].lstrip("/")
+        assert len((memory_dir / "cgroup.procs").read_text().split()) == 2
+        assert len((pids_dir / "cgroup.procs").read_text().split()) == 1
+        assert bundle.delete(force=True).returncode == 0
+
+
 # ---- issue 15 item 20: a named cgroupsPath the rootless user can't use --------------------------------------
 
 @pytest.mark.rootless
