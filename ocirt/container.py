@@ -829,14 +829,74 @@ def _reclaim(container: Container) -> None:
 
 def _remove_unreadable(container: Container) -> None:
     """A directory without a usable state: a create that died before its first save (nothing else of it
-    exists yet), or a damaged file, which ocirt's atomic saves never leave: then whatever the container
-    still holds can't be identified, and only the directory goes."""
+    exists yet), or a damaged file, which ocirt's atomic saves never leave. The saved config, if it still
+    reads, says where the container's cgroups would be; of those, the ones carrying this directory's tag
+    are the container's, and go with every process in them. The rest can't be identified."""
     from ocirt.state import NO_STATE
 
     if container.problem != NO_STATE:
+        reclaimed = _kill_fifo_holders(container)
+        reclaimed = _reclaim_cgroups_by_tag(container) or reclaimed
         log.warning(f"container {container.id!r}: its state is unreadable ({container.problem}): removing its "
-                    "directory; its processes and cgroups, if any, can't be identified")
+                    + ("directory and what it could identify as its own" if reclaimed else
+                       "directory; its processes and cgroups, if any, can't be identified"))
     container.remove()
+
+
+def _kill_fifo_holders(container: Container) -> bool:
+    """Kill the caller's processes that hold the container's exec fifo: an init still waiting for `start`
+    (it keeps an O_PATH fd of the fifo from before its pivot_root). True if there was one."""
+    try:
+        fifo = os.stat(container.fifo_path, follow_symlinks=False)
+    except OSError:
+        return False
+    killed = False
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fd_dir = f"/proc/{name}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or not ours to look into
+        for fd in fds:
+            try:
+                held = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if (held.st_dev, held.st_ino) == (fifo.st_dev, fifo.st_ino):
+                try:
+                    os.kill(int(name), 9)
+                    killed = True
+                except OSError:
+                    pass
+                break
+    return killed
+
+
+def _reclaim_cgroups_by_tag(container: Container) -> bool:
+    """Kill and remove the cgroups the saved config names that carry the container's tag; True if any."""
+    try:
+        config = saved_config(container)
+    except OcirtError:
+        return False
+    linux = config.get("linux")
+    cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+    from ocirt import cgroups
+
+    try:
+        owner = cgroups.owner_of(container.dir)
+        fresh = cgroups.open_manager(container.id, cgroups_path if isinstance(cgroups_path, str) else None,
+                                     rootless=os.geteuid() != 0, resources=None, owner=owner)
+        manager = cgroups.load_manager(dict(fresh.to_state(), creating=True), owner=owner)
+    except OcirtError as err:
+        log.debug(f"container {container.id!r}: its cgroups can't be found: {err}")
+        return False
+    if not manager.paths():
+        return False
+    container.runtime["cgroup"] = manager.to_state()
+    destroy_cgroups(container, manager)
+    return True
 
 
 def _kill_and_wait(container: Container):
@@ -882,26 +942,31 @@ def cgroup_manager(container: Container, *, for_cleanup: bool = False):
         return None
 
 
+def destroy_cgroups(container: Container, manager) -> None:
+    """Kill what is left in the container's cgroups and remove them, retrying while the kernel is busy."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if manager.pids():
+                manager.kill_all(9)
+                manager.thaw()
+            manager.destroy()
+            log.trace("cgroups", "removed")
+            return
+        except OcirtError as err:
+            if time.monotonic() > deadline:
+                log.warning(f"cannot remove the cgroups of {container.id!r}: {err}")
+                return
+            time.sleep(0.01)
+
+
 def destroy(container: Container, manager=None, *, wait_for_learning: bool = True) -> None:
     """Release everything a stopped container still holds, then forget it. A learning container's
     recorder is given time to write its profile first (``wait_for_learning``)."""
     runtime = container.runtime
     manager = manager or cgroup_manager(container, for_cleanup=True)
     if manager is not None:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                if manager.pids():
-                    manager.kill_all(9)
-                    manager.thaw()
-                manager.destroy()
-                log.trace("cgroups", "removed")
-                break
-            except OcirtError as err:
-                if time.monotonic() > deadline:
-                    log.warning(f"cannot remove the cgroups of {container.id!r}: {err}")
-                    break
-                time.sleep(0.01)
+        destroy_cgroups(container, manager)
         crash_point()
     # linux.netDevices are not moved back (config-linux.md: the runtime MUST NOT move them out before the
     # namespace is gone): a physical device returns to the host with the namespace, a virtual one dies.
