@@ -101,8 +101,8 @@ class ProcessPlan:
         self.personality = _plan_personality(linux.get("personality"))
         self.memory_policy = _plan_mempolicy(linux.get("memoryPolicy"))
         cpu_affinity = process.get("execCPUAffinity") or {}
-        self.cpu_affinity_initial = _parse_cpus(cpu_affinity.get("initial"), "initial")
-        self.cpu_affinity_final = _parse_cpus(cpu_affinity.get("final"), "final")
+        self.cpu_affinity_initial = _parse_cpus(cpu_affinity.get("initial"), "$.process.execCPUAffinity.initial")
+        self.cpu_affinity_final = _parse_cpus(cpu_affinity.get("final"), "$.process.execCPUAffinity.final")
         from ocirt.linux import capabilities
 
         self.capabilities = capabilities.prepare(process.get("capabilities"))
@@ -191,7 +191,7 @@ def _plan_mempolicy(policy: dict | None):
             raise ConfigError(f"$.linux.memoryPolicy.flags: unknown flag {flag!r}")
         value |= MEMPOLICY_FLAGS[flag]
     nodes = 0
-    for node in _parse_cpus(policy.get("nodes"), "nodes", limit=MAX_NUMNODES) or set():
+    for node in _parse_cpus(policy.get("nodes"), "$.linux.memoryPolicy.nodes", limit=MAX_NUMNODES) or set():
         nodes |= 1 << node
     return value, nodes
 
@@ -202,10 +202,10 @@ MAX_CPUS = 8192
 MAX_NUMNODES = 1024
 
 
-def _parse_cpus(spec: str | None, what: str, limit: int = MAX_CPUS) -> set[int] | None:
+def _parse_cpus(spec: str | None, field: str, limit: int = MAX_CPUS) -> set[int] | None:
     if not spec:
         return None
-    noun = "node" if what == "nodes" else "CPU"
+    noun = "node" if field.endswith(".nodes") else "CPU"
     cpus: set[int] = set()
     try:
         for part in spec.split(","):
@@ -217,11 +217,11 @@ def _parse_cpus(spec: str | None, what: str, limit: int = MAX_CPUS) -> set[int] 
             if not 0 <= first <= last:
                 raise ValueError
             if last >= limit:
-                raise ConfigError(f"invalid {noun} list {spec[:64]!r} for {what}: {noun} {last} is beyond the "
+                raise ConfigError(f"{field}: invalid {noun} list {spec[:64]!r}: {noun} {last} is beyond the "
                                   f"kernel's limit of {limit} {noun}s")
             cpus.update(range(first, last + 1))
     except ValueError:
-        raise ConfigError(f"invalid CPU/node list {spec[:64]!r} for {what}") from None
+        raise ConfigError(f"{field}: invalid {noun} list {spec[:64]!r}") from None
     return cpus
 
 
