@@ -1,5 +1,6 @@
 """Mutated configs through ``create`` + ``delete --force``: type changes, missing keys, huge numbers, odd
-strings and unknown enum values anywhere in a full config. Whatever the mutation, the runtime either
+strings (lone surrogates among them), lists nested past the 64 levels a config may have, cpu and node ranges no
+kernel has ids for, and unknown enum values anywhere in a full config. Whatever the mutation, the runtime either
 creates a container (which is then deleted) or fails with a clear error: never a Python traceback,
 never an "internal error", and nothing left behind (state dir, cgroup, mount, process).
 
@@ -63,12 +64,24 @@ PATHS: list[tuple] = [
 
 ODD_STRINGS = ["", " ", "\n", "\x00", "/a\x00b", "\x01", "a\tb", "../../..", "//", "ü", "💥", "-1", "0x10", "1e309", "null",
                "SCMP_ACT_UNKNOWN", "RLIMIT_BOGUS", "CAP_BOGUS", "bogus", "x" * 5000, "/" * 300, "%s%n",
-               "$(reboot)", "'\"", "rw,ro,bind", "=", "a=b=c"]
+               "$(reboot)", "'\"", "rw,ro,bind", "=", "a=b=c",
+               # Lone surrogates (valid JSON escapes, no valid Unicode) and ranges no kernel has ids for.
+               "\ud800", "a\udfffb", "0-9876543210", "0-4294967296,1", "9" * 40]
+
+def deep(depth: int, leaf=0):
+    """A list ``depth`` levels deep, past the 64 levels a config may have."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 HUGE_NUMBERS = [-1, -(2 ** 31), 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 2 ** 64 + 1,
                 10 ** 30, -(10 ** 30)]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.sampled_from(HUGE_NUMBERS), st.integers(-10, 70000),
+    st.sampled_from([deep(65), deep(300), deep(300, {"type": "x"})]),
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(ODD_STRINGS), st.text(max_size=20),
 )
 values = st.recursive(scalars, lambda inner: st.one_of(
