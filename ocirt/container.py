@@ -233,12 +233,15 @@ def create(opts: CreateOptions, *, for_run: bool = False):
     container = Container.new(opts.root, opts.container_id, rootless=opts.rootless, reclaim=_reclaim)
     crash_point()
     cgroup = None
+    warmer = None
     try:
         from ocirt import cgroups
 
         cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
                                       resources=linux.get("resources"), owner=cgroups.owner_of(container.dir),
                                       systemd=opts.systemd_cgroup, annotations=config.get("annotations"))
+        # The kernel's wait before the init's first cgroup migration overlaps with the planning below.
+        warmer = cgroup.warm_migrations()
         # Rootless, skipping an undelegated controller is the expected case: a notice in the log.
         for notice in cgroup.notices:
             if opts.rootless:
@@ -333,6 +336,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
                     return_net_devices(container.runtime.pop("net_devices"), init_pid, rollback=True)
                 raise
 
+        if warmer is not None:
+            warmer.stop()  # its thread is gone before the fork
         spawned = spawn(plan, runtime_hooks)
         crash_point()
         container.data["pid"] = spawned.pid
@@ -352,6 +357,8 @@ def create(opts: CreateOptions, *, for_run: bool = False):
     except BaseException:
         # Undo all of it: an init that is already waiting for `start` (when the last save or the pid file
         # failed), the cgroups, the directory.
+        if warmer is not None:
+            warmer.stop()
         try:
             if container.init_alive():
                 _kill_and_wait(container)

@@ -634,6 +634,19 @@ class Manager:
             raise CgroupError(f"cannot create container {self.container_id!r}: its cgroup {directory} is frozen "
                               f"({how}); thaw it first")
 
+    def warm_migrations(self) -> v1.MigrationWarmer | None:
+        """As root on v1, start paying the first migration's wait in the background (MigrationWarmer);
+        None where there is nothing to gain (v2, rootless: no write to a v1 cgroup.procs follows)."""
+        if self.mode == "v2" or self.rootless or os.geteuid() != 0:
+            return None
+        table = mounts()
+        own = own_cgroups()
+        for key in self._paths:
+            mount = table.v1.get(key) if key != UNIFIED else None
+            if mount is not None:
+                return v1.MigrationWarmer(os.path.join(_own_dir(mount, own.get(key)), "cgroup.procs"))
+        return None
+
     def apply(self, pid: int) -> None:
         """Move ``pid`` into every hierarchy of the container; one that refuses does not keep it out of the
         others (an exec'd process then still lands in the cgroup2 directory, which comes last)."""

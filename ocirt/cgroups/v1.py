@@ -378,3 +378,55 @@ def stats(paths: dict[str, str]) -> dict:
                                  "failcnt": fs.read_int(hugetlb_dir, f"hugetlb.{size}.failcnt")}
     data["hugetlb"] = hugetlb
     return data
+
+
+class MigrationWarmer:
+    """Pays the kernel's wait for the first cgroup migration while the runtime is busy with other work.
+
+    On v1, a write to a ``cgroup.procs`` takes the global ``cgroup_threadgroup_rwsem`` for writing, and
+    the first such write after a quiet spell waits for an RCU grace period (10-16 ms on the benchmark's
+    VM; every runtime pays it, see docs/performance.md). Writes within about one grace period of the last
+    one do not wait. A thread writes the runtime's own pid into the runtime's own cgroup (a migration to
+    where it already is: nothing moves, no limit changes) every few ms from ``start`` until ``stop``, so
+    the container's attach, just after, finds the lock warm. ``stop`` returns once the thread is done:
+    the runtime forks only after it."""
+
+    INTERVAL = 0.003
+
+    def __init__(self, procs_file: str):
+        import _thread
+
+        self._procs_file = procs_file
+        self._stopping = _thread.allocate_lock()
+        self._stopping.acquire()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        self._running = True
+        self.writes = 0  # migrations the kernel accepted
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            fd = os.open(self._procs_file, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            self._done.release()
+            return
+        pid = str(os.getpid()).encode()
+        try:
+            while True:
+                try:
+                    os.write(fd, pid)
+                except OSError:
+                    break
+                self.writes += 1
+                if self._stopping.acquire(timeout=self.INTERVAL):
+                    break
+        finally:
+            os.close(fd)
+            self._done.release()
+
+    def stop(self) -> None:
+        if self._running:
+            self._running = False
+            self._stopping.release()
+            self._done.acquire()
