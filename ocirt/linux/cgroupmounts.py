@@ -10,7 +10,6 @@ are read from the host's mountinfo in the parent (``cgroup_hierarchies``).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ocirt import syscalls
 from ocirt.errors import why
@@ -18,6 +17,7 @@ from ocirt.linux import mounts, paths
 from ocirt.linux.kernel import Kernel
 from ocirt.linux.mountplan import MountPlan, Plain, RootfsError, unescape
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ocirt.linux.rootfs import RootfsPlan
 

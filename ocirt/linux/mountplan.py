@@ -5,12 +5,12 @@ data and id maps, in the parent before the fork, so the init does no parsing (``
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ocirt import syscalls
 from ocirt.errors import ConfigError, OcirtError
 from ocirt.linux import paths
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ocirt.linux.cgroupmounts import CgroupHierarchy
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from ocirt import syscalls
 from ocirt.errors import why
@@ -22,6 +21,7 @@ from ocirt.linux import paths, procfs
 from ocirt.linux.kernel import KERNEL, Kernel
 from ocirt.linux.mountplan import PROC_BIND_ALLOWED, MountPlan, RootfsError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ocirt.linux.rootfs import RootfsPlan
 
