@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nocirt run /bin/true, --debug steps, median of {args.rounds} (ms since the spawn):\n")
             print("| step | at [ms] | step took [ms] |")
             print("|---|---|---|")
-            print(f"| interpreter start + CLI imports (before the first line) | 0.0 | "
-                  f"{statistics.median(offsets[labels[0]]) * 1000:.1f} |")
+            print("| (the interpreter's start, the CLI's imports, and the first step are in the first line) | | |")
             previous = 0.0
             for label in labels:
                 if len(offsets[label]) != args.rounds:

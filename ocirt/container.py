@@ -180,6 +180,19 @@ def _rootfs_path(config: dict, bundle: str) -> str:
 # -- create ---------------------------------------------------------------------------------------------------
 def create(opts: CreateOptions, *, for_run: bool = False):
     """Create the container and leave its init waiting for `start`. Returns the init's Spawned record."""
+    from ocirt import cgroups
+
+    # The kernel's wait before the init's first cgroup migration overlaps with reading the config and
+    # planning (cgroups.warm_migrations).
+    warmer = None if opts.systemd_cgroup else cgroups.warm_migrations(opts.rootless)
+    try:
+        return _create(opts, for_run, warmer)
+    finally:
+        if warmer is not None:
+            warmer.stop()
+
+
+def _create(opts: CreateOptions, for_run: bool, warmer):
     from ocirt.linux import namespaces
     from ocirt.linux.process import ProcessPlan
 
@@ -233,15 +246,12 @@ def create(opts: CreateOptions, *, for_run: bool = False):
     container = Container.new(opts.root, opts.container_id, rootless=opts.rootless, reclaim=_reclaim)
     crash_point()
     cgroup = None
-    warmer = None
     try:
         from ocirt import cgroups
 
         cgroup = cgroups.open_manager(opts.container_id, linux.get("cgroupsPath"), rootless=opts.rootless,
                                       resources=linux.get("resources"), owner=cgroups.owner_of(container.dir),
                                       systemd=opts.systemd_cgroup, annotations=config.get("annotations"))
-        # The kernel's wait before the init's first cgroup migration overlaps with the planning below.
-        warmer = cgroup.warm_migrations()
         # Rootless, skipping an undelegated controller is the expected case: a notice in the log.
         for notice in cgroup.notices:
             if opts.rootless:

@@ -131,6 +131,21 @@ def detect_mode() -> str:
     raise CgroupError("no cgroup filesystem is mounted (see /proc/self/mountinfo)")
 
 
+def warm_migrations(rootless: bool) -> v1.MigrationWarmer | None:
+    """As root on a v1 or hybrid host, start paying the first migration's wait in the background
+    (v1.MigrationWarmer); None where no write to a v1 cgroup.procs will follow (rootless, pure v2)."""
+    if rootless or os.geteuid() != 0:
+        return None
+    try:
+        table = mounts()
+        own = own_cgroups()
+    except (OSError, CgroupError):
+        return None  # open_manager reports it
+    for key, mount in table.v1.items():
+        return v1.MigrationWarmer(os.path.join(_own_dir(mount, own.get(key)), "cgroup.procs"))
+    return None
+
+
 def own_cgroups(pid: int | str = "self") -> dict[str, str]:
     """controller -> cgroup path from /proc/<pid>/cgroup; the v2 entry is under the key "unified"."""
     cached = _mount_cache.get("own") if pid == "self" else None
@@ -633,19 +648,6 @@ class Manager:
         if frozen:
             raise CgroupError(f"cannot create container {self.container_id!r}: its cgroup {directory} is frozen "
                               f"({how}); thaw it first")
-
-    def warm_migrations(self) -> v1.MigrationWarmer | None:
-        """As root on v1, start paying the first migration's wait in the background (MigrationWarmer);
-        None where there is nothing to gain (v2, rootless: no write to a v1 cgroup.procs follows)."""
-        if self.mode == "v2" or self.rootless or os.geteuid() != 0:
-            return None
-        table = mounts()
-        own = own_cgroups()
-        for key in self._paths:
-            mount = table.v1.get(key) if key != UNIFIED else None
-            if mount is not None:
-                return v1.MigrationWarmer(os.path.join(_own_dir(mount, own.get(key)), "cgroup.procs"))
-        return None
 
     def apply(self, pid: int) -> None:
         """Move ``pid`` into every hierarchy of the container; one that refuses does not keep it out of the

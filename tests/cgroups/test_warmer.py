@@ -17,17 +17,12 @@ from ocirt.cgroups import v1
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
-def _manager(cgroup_prefix: str, rootless: bool = False) -> cgroups.Manager:
-    return cgroups.open_manager("warm", f"/{cgroup_prefix}/warm", rootless=rootless, resources=None)
-
-
-def test_the_warmer_migrates_the_runtime_into_its_own_cgroup_only(cgroup_prefix):
-    manager = _manager(cgroup_prefix)
-    if manager.mode == "v2":
+def test_the_warmer_migrates_the_runtime_into_its_own_cgroup_only():
+    if not cgroups.mounts().v1:
         pytest.skip("v1 only: v2 needs no warming")
     before = open("/proc/self/cgroup").read()
     threads = _thread._count()
-    warmer = manager.warm_migrations()
+    warmer = cgroups.warm_migrations(rootless=False)
     assert warmer is not None
     time.sleep(0.05)
     warmer.stop()
@@ -47,5 +42,5 @@ def test_a_file_the_kernel_refuses_ends_the_warmer(tmp_path):
     assert warmer.writes == 0
 
 
-def test_rootless_managers_do_not_warm(cgroup_prefix):
-    assert _manager(cgroup_prefix, rootless=True).warm_migrations() is None
+def test_rootless_creates_do_not_warm():
+    assert cgroups.warm_migrations(rootless=True) is None
