@@ -88,6 +88,19 @@ def measure_sequential_runs(env: Environment, blocks: int, block_size: int) -> S
 CYCLE_COMMANDS = ("create", "start", "state", "kill", "delete")
 
 
+# The interpreter's floor: what any command of a CPython runtime costs before its first own import.
+FLOOR_ARGV = ["/usr/bin/python3", "-IS", "-c", "import os"]
+
+
+def _time_floor(env: Environment) -> float | None:
+    floor = Runtime("floor", FLOOR_ARGV[0], "", output_dir=env.runtimes[0].output_dir)
+    with acting_as(env.identity):
+        start = time.perf_counter()
+        status, _ = reap(spawn(floor, env.identity, FLOOR_ARGV, floor.output_path()))
+        elapsed = time.perf_counter() - start
+    return elapsed * 1000 if status == 0 else None
+
+
 def measure_cycle(env: Environment, rounds: int) -> dict[str, Samples]:
     """create, start, state, kill, delete of a `sleep` container, each timed on its own. Every command is
     interleaved across the runtimes (create A, create B, create C, start A, ...). Between kill and delete
@@ -115,6 +128,7 @@ def measure_cycle(env: Environment, rounds: int) -> dict[str, Samples]:
                 if value is None:
                     _force_delete(env, runtime, container_id)
                     env.drop_bundle(live.pop(runtime.name)[1])
+            samples[command].add("floor", _time_floor(env))
         for runtime in order:
             if runtime.name in live:
                 wait_stopped(env, runtime, live[runtime.name][0])
@@ -127,6 +141,7 @@ def measure_cycle(env: Environment, rounds: int) -> dict[str, Samples]:
             if value is None:
                 _force_delete(env, runtime, container_id)
             env.drop_bundle(bundle)
+        samples["delete"].add("floor", _time_floor(env))
     return samples
 
 
