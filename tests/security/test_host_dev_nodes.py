@@ -13,6 +13,7 @@ name; ``test_a_devtmpfs_on_dev_is_used_as_it_is`` is not run against 10b516e, wh
 from __future__ import annotations
 
 import os
+import subprocess
 import secrets
 import stat
 from pathlib import Path
@@ -198,3 +199,45 @@ def test_leak_check_sees_and_restores_a_changed_host_node():
         os.chmod("/dev/full", full.mode)
     assert changes == [f"host /dev/full changed: was {full.describe()}, is char 1:7 mode 0600 owner 1000:1000"]
     assert host_nodes() == before
+
+
+def _ctime_ns(path: str) -> int:
+    return os.stat(path).st_ctime_ns
+
+
+@pytest.mark.parametrize("how", ["run", "create-start", "exec"])
+def test_stdio_on_the_host_dev_null_is_never_re_owned(make_bundle, how):
+    """The cause of item 9, reproduced on this VM: crun 1.8.1, rootful with a user namespace whose root
+    is host uid 1000, fchowns its stdio to that uid, and when the engine gave it /dev/null as stdin it
+    re-owns the host's /dev/null to 1000:1000 (runc skips stdio that is /dev/null). ocirt re-owns no
+    stdio: the process's stdin, stdout and stderr stay the caller's, /dev/null here, and its owner,
+    mode and even its ctime (a chown to the same owner would change it) are as they were."""
+    bundle = make_bundle(own_rootfs=True, args=["sh", "-c", "echo out; echo err >&2; sleep 30"
+                                                if how != "run" else "echo out; echo err >&2"])
+    helpers.chown_tree(bundle.rootfs, 100000, 100000)
+    bundle.config["linux"]["namespaces"].append({"type": "user"})
+    bundle.config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    bundle.config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    bundle.config["linux"].pop("resources", None)
+    config = bundle.write()
+    before, ctime = host_nodes(), _ctime_ns("/dev/null")
+
+    def runtime(*args: str) -> int:
+        command = [bundle.runtime_path, "--root", str(bundle.root), *args]
+        return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=helpers.base_env(), timeout=30).returncode
+
+    bundle_dir = str(config.parent)
+    try:
+        if how == "run":
+            assert runtime("run", "--bundle", bundle_dir, bundle.id) == 0
+        else:
+            assert runtime("create", "--bundle", bundle_dir, bundle.id) == 0
+            assert runtime("start", bundle.id) == 0
+            if how == "exec":
+                assert runtime("exec", bundle.id, "sh", "-c", "echo out; echo err >&2") == 0
+    finally:
+        bundle.delete(force=True)
+    assert host_nodes() == before
+    assert _ctime_ns("/dev/null") == ctime, "the host's /dev/null was chowned or chmodded"
+    assert_nothing_left(bundle)
