@@ -244,13 +244,16 @@ runtime_supports_json = ["crun", "runc", "kata", "runsc", "youki", "krun", "{RUN
 network_config_dir = "{dirs['cni']}"
 """)
         # vfs: rootless overlay would need fuse-overlayfs and /dev/fuse, which is root-only on this VM.
+        # runroot stays short: podman 4.3 refuses one over 50 characters, and the `podman container
+        # cleanup` that conmon runs when a container exits then fails, so every attached `podman run`
+        # waited out conmon's 20 s timeout (with runc as with ocirt).
         # Rootless podman ignores graphroot and runroot: it takes rootless_storage_path, and puts its run
         # state under $XDG_RUNTIME_DIR/containers (removed with the test user).
         (self.base / "storage.conf").write_text(f"""\
 [storage]
 driver = "vfs"
 graphroot = "{dirs['storage']}"
-runroot = "{dirs['run']}/storage"
+runroot = "{self.base}/rr"
 rootless_storage_path = "{dirs['storage']}"
 """)
         if user:
