@@ -578,7 +578,12 @@ def read_all(fd: int, limit: int) -> bytes:
 
 def write_file_atomic(dir_fd: int, name: str, data: bytes, *, what: str) -> None:
     """Write ``name`` in the directory ``dir_fd`` as a whole or not at all: a temporary file, every byte
-    written (a short write, such as on a full disk, is an error), synced, then renamed into place."""
+    written (a short write, such as on a full disk, is an error), then renamed into place.
+
+    No fsync (runc makes none either): the rename alone is atomic against a killed runtime, which is
+    what state must survive. What an fsync adds is durability across a power loss, and after a reboot
+    the processes a state describes are gone anyway (a state left unreadable is reclaimed by
+    ``delete --force``). On a disk-backed --root it cost 0.4 ms a file, six files a create."""
     tmp = f".{name}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE,
@@ -592,7 +597,6 @@ def write_file_atomic(dir_fd: int, name: str, data: bytes, *, what: str) -> None
             if written <= 0:
                 raise OSError(28, "short write")
             view = view[written:]
-        os.fsync(fd)
         os.close(fd)
         fd = -1
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
