@@ -697,6 +697,13 @@ def reap_stale_sessions() -> list[str]:
 
 # ---- test dependencies ---------------------------------------------------------------------------------
 
+def needs_root(why: str):
+    """Skip marker for a test an unprivileged caller cannot run; the reason says what needs root."""
+    import pytest
+
+    return pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root: {why}")
+
+
 def require_module(name: str, what: str):
     """Import ``name`` for a test module, or fail its collection with one line saying what to install."""
     import importlib

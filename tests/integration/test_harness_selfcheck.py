@@ -121,6 +121,8 @@ def test_users_exist_and_only_the_subid_user_has_ranges(unprivileged_user, subid
 @pytest.fixture
 def private_bundle(test_dir, busybox_rootfs, harness):
     """A bundle the autouse tracker does not know about, with its own --root."""
+    if os.geteuid() != 0:
+        pytest.skip("runs a rootful container: needs root")
     root = test_dir / "private-root"
     root.mkdir(mode=0o700)
     bundle = helpers.build_bundle(test_dir / "private-bundle", container_id=helpers.new_container_id(),
@@ -244,6 +246,7 @@ def test_cleans_up(make_bundle):
 '''
 
 
+@helpers.needs_root("the inner session's leaky test runs a rootful container")
 def test_autouse_leak_check_fails_a_leaky_test(test_dir):
     """Runs a two-test session in a child pytest: the leaky test passes its body but errors at teardown,
     naming the state dir; the tidy one just passes."""
@@ -270,6 +273,7 @@ def test_leaves_a_cgroup_nobody_tracks():
 '''
 
 
+@helpers.needs_root("makes a cgroup in the host's pids hierarchy")
 def test_strict_mode_fails_a_session_that_leaves_a_cgroup(test_dir):
     stray = helpers.CGROUP_ROOT / "pids" / f"{helpers.CGROUP_PARENT}-strict-{helpers.secrets.token_hex(4)}"
     inner = test_dir / "inner"
@@ -289,6 +293,7 @@ def test_strict_mode_fails_a_session_that_leaves_a_cgroup(test_dir):
         stray.rmdir()
 
 
+@helpers.needs_root("makes a cgroup in the host's pids hierarchy")
 def test_a_dead_session_is_reaped_and_a_live_one_is_not(busybox_rootfs):
     token = "dead" + helpers.secrets.token_hex(1)
     directory = helpers.session_dir(token)

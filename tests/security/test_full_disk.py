@@ -30,6 +30,8 @@ def user(request):
 @pytest.fixture
 def small_root(test_dir, user):
     """A --root on a tmpfs of PAGES pages, and a way to leave only N of them free."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
     root = test_dir / "small-root"
     root.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={PAGES * PAGE},mode=0700", "tmpfs", str(root)],

@@ -13,9 +13,9 @@ name; ``test_a_devtmpfs_on_dev_is_used_as_it_is`` is not run against 10b516e, wh
 from __future__ import annotations
 
 import os
-import subprocess
 import secrets
 import stat
+import subprocess
 from pathlib import Path
 
 import helpers
@@ -185,6 +185,7 @@ def test_image_dev_links_into_a_bound_host_dev(make_bundle, user, test_dir, cons
     assert_nothing_left(bundle)
 
 
+@helpers.needs_root("re-owns the host's /dev/full")
 def test_leak_check_sees_and_restores_a_changed_host_node():
     """The harness half: a host node changed during a test is reported and put back."""
     before = host_nodes()
