@@ -274,11 +274,13 @@ class Bus:
     def call(self, method: str, signature: str | None = None, *args, path: str = _MANAGER_PATH,
              interface: str = _MANAGER):
         from jeepney import DBusAddress, DBusErrorResponse, new_method_call
+        from jeepney.wrappers import unwrap_msg
 
         address = DBusAddress(path, bus_name=_SYSTEMD, interface=interface)
         try:
-            return self.connection.send_and_get_reply(new_method_call(address, method, signature, args),
-                                                      timeout=_JOB_TIMEOUT, unwrap=True)
+            reply = self.connection.send_and_get_reply(new_method_call(address, method, signature, args),
+                                                       timeout=_JOB_TIMEOUT)
+            return unwrap_msg(reply)
         except DBusErrorResponse as err:
             raise _DBusError(err.name, " ".join(str(item) for item in err.data)) from None
         except TimeoutError:
@@ -298,7 +300,10 @@ class Bus:
                          path=_MANAGER_PATH)
         Proxy(message_bus, self.connection).AddMatch(rule)
         self.call("Subscribe")
-        with self.connection.filter(rule, bufsize=64) as queue:
+        # The bus matches the well-known sender name; a signal's header carries systemd's unique name, so
+        # the local filter must not ask for the well-known one (it would never match).
+        local = MatchRule(type="signal", interface=_MANAGER, member="JobRemoved", path=_MANAGER_PATH)
+        with self.connection.filter(local, bufsize=64) as queue:
             (job,) = self.call(method, signature, *args)
             import time
 
@@ -336,6 +341,8 @@ def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootles
     mode = cgroups.detect_mode()
     properties = resource_properties(resources, unified=mode == "v2")
     extra = annotation_properties(annotations)
+    if rootless and mode != "v2":
+        _refuse_v1_rootless_limits(resources)
     bus = Bus(rootless)
     try:
         # The manager's own cgroup: "/" for the system's, user@UID.service's for a user's.
@@ -372,6 +379,24 @@ def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootles
     manager.slice = slice_name
     manager.properties = properties + extra
     return manager
+
+
+def _refuse_v1_rootless_limits(resources: dict | None) -> None:
+    """On cgroup v1 systemd gives an unprivileged user's manager no controller: its scopes exist only to
+    track processes (name=systemd, and the empty cgroup2 tree of a hybrid host), so no limit can apply."""
+    from ocirt import cgroups
+    from ocirt.cgroups import v1, v2
+
+    v1_part, unified_part = cgroups._split_resources(cgroups.detect_mode(), cgroups.mounts(), resources)
+    wanted = {controller for controller, _name, _value in v1.plan(v1_part, []) if controller != "devices"}
+    wanted |= v2.controllers_needed(v2.plan(unified_part, []))
+    if wanted:
+        names = ", ".join(sorted(wanted))
+        raise CgroupError(f"cannot apply {names} limits rootless with the systemd cgroup driver on cgroup v1: "
+                          f"systemd delegates no v1 controller to user {cgroups._user_name()} (cgroup v2 can: "
+                          "boot with systemd.unified_cgroup_hierarchy=1), and the scope would only track the "
+                          "processes; without --systemd-cgroup, `ocirt cgroup delegate` can give the user "
+                          "v1 cgroups")
 
 
 class SystemdManager(Manager):

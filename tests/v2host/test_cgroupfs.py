@@ -84,7 +84,6 @@ def test_memory_reservation_is_memory_low_and_unified_sets_high(v2bundle, test_d
     assert high_events > 0, result.stdout
 
 
-@pytest.mark.xfail(reason="rewritten after its last guest run; not yet seen passing there", strict=False)
 def test_pids_max_stops_forks(v2bundle):
     bundle = v2bundle(["sleep", "600"], resources={"pids": {"limit": 4}})
     assert bundle.runtime(["run", "-d", "--bundle", str(bundle.path), bundle.id]).returncode == 0

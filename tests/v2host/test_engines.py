@@ -19,9 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
 import engine_harness as eh  # noqa: E402
 
 MiB = 1 << 20
-# The last guest run before this commit failed on a jeepney call (fixed since: unwrap=True) and, for docker,
-# on AppArmor (the guest now boots with apparmor=0); not yet seen passing in the guest after the fixes.
-UNPROVEN = pytest.mark.xfail(reason="not yet seen passing in the v2 guest", strict=False)
 RUNTIME = helpers.runtime_path()
 READ_LIMITS = ["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/cpu.max"]
 EXPECTED = [str(64 * MiB), "32", "50000", "100000"]
@@ -43,7 +40,6 @@ def image_tar(harness_session, tmp_path_factory) -> Path:
     return eh.write_rootfs_tar(harness_session.rootfs(), directory / "rootfs.tar")
 
 
-@UNPROVEN
 def test_podman_default_config(image_tar, caller):
     podman = ["podman", "--runtime", RUNTIME]
     assert sh(*podman, "info", "--format", "{{.Host.CgroupManager}}").strip() == "systemd"
@@ -67,7 +63,6 @@ def docker(caller):
     sh("systemctl", "stop", "docker.service", "docker.socket")
 
 
-@UNPROVEN
 def test_docker_default_cgroup_driver(docker, image_tar):
     assert sh("docker", "info", "--format", "{{.CgroupDriver}}").strip() == "systemd"
     sh("docker", "import", str(image_tar), "ocirt-v2-busybox")
@@ -79,7 +74,6 @@ def test_docker_default_cgroup_driver(docker, image_tar):
         subprocess.run(["docker", "rmi", "-f", "ocirt-v2-busybox"], capture_output=True, timeout=120)
 
 
-@UNPROVEN
 def test_containerd_runc_shim_with_systemd_cgroup(caller, harness_session):
     if caller.rootless:
         pytest.skip("containerd runs as root")
