@@ -164,7 +164,7 @@ def resource_properties(resources: dict | None, unified: bool) -> list[tuple[str
         if swap is not None and swap >= 0:
             properties.append(("MemorySwapMax", ("t", swap)))
         if cpu.get("shares"):
-            properties.append(("CPUWeight", ("t", v2.shares_to_weight(int(cpu["shares"])))))
+            properties.append(("CPUWeight", ("t", v2.checked_weight(int(cpu["shares"])))))
         if cpu.get("cpus"):
             properties.append(("AllowedCPUs", ("ay", _cpu_mask(str(cpu["cpus"])))))
         if cpu.get("mems"):

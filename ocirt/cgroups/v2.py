@@ -16,11 +16,23 @@ if TYPE_CHECKING:
 Step = tuple  # (controller, file, value)
 
 
+SHARES_MIN, SHARES_MAX = 2, 262144  # what v1's cpu.shares takes, and what the map below covers
+
+
 def shares_to_weight(shares: int) -> int:
     """The linear map runc, crun and systemd use: shares 2..262144 onto weight 1..10000."""
     if shares <= 0:
         return 0
     return 1 + ((shares - 2) * 9999) // 262142
+
+
+def checked_weight(shares: int) -> int:
+    """cpu.weight for `shares`, refusing what v1's kernel would have clamped (and v2's would refuse)."""
+    if not SHARES_MIN <= shares <= SHARES_MAX:
+        bound, allowed = ("minimum", SHARES_MIN) if shares < SHARES_MIN else ("maximum", SHARES_MAX)
+        raise CgroupError(f"cannot set cpu.shares to {shares}: the {bound} is {allowed} (cgroup v2's cpu.weight "
+                          f"1-10000 stands for shares {SHARES_MIN}-{SHARES_MAX})")
+    return shares_to_weight(shares)
 
 
 def blkio_weight_to_io_weight(weight: int) -> int:
@@ -91,8 +103,12 @@ def plan(resources: dict | None, notices: list[str], *, rootless: bool = False) 
 
     cpu = resources.get("cpu") or {}
     if cpu.get("shares"):
-        weight = shares_to_weight(int(cpu["shares"]))
-        steps.append(("cpu", "cpu.weight", str(weight)))
+        shares = int(cpu["shares"])
+        if SHARES_MIN <= shares <= SHARES_MAX:
+            steps.append(("cpu", "cpu.weight", str(shares_to_weight(shares))))
+        else:
+            # Refused when written, so that a create fails on it like on any other refused write.
+            steps.append(("cpu", "@shares", shares))
     quota = int(cpu.get("quota") or 0)
     period = int(cpu.get("period") or 0)
     if quota or period:
@@ -163,6 +179,8 @@ def write_steps(steps: list[Step], directory: str) -> None:
                     continue
                 raise CgroupError(f"cannot set memory.swap.max to {value}: the kernel has no swap accounting")
             fs.write(directory, "memory.swap.max", value)
+        elif name == "@shares":
+            fs.write(directory, "cpu.weight", str(checked_weight(value)))
         elif name == "@devices":
             from ocirt.cgroups import ebpf
 

@@ -77,6 +77,16 @@ def test_shares_to_weight(shares, weight):
     assert v2.shares_to_weight(shares) == weight
 
 
+@pytest.mark.parametrize("shares, bound", [(1, "minimum is 2"), (262145, "maximum is 262144")])
+def test_v2_refuses_shares_v1_would_clamp_when_written(shares, bound, tmp_path):
+    """As on v1 (where the kernel clamps and the read-back refuses): the create fails, naming the bound."""
+    steps = v2.plan({"cpu": {"shares": shares}}, [])
+    assert steps == [("cpu", "@shares", shares)]
+    with pytest.raises(CgroupError, match=f"cannot set cpu.shares to {shares}: the {bound} "):
+        v2.write_steps(steps, str(tmp_path))
+    assert not (tmp_path / "cpu.weight").exists()
+
+
 @pytest.mark.parametrize("swap, limit, expected", [
     (0, -1, -1), (-1, 100, -1), (0, 100, None), (300, 100, 200), (100, 100, 0)])
 def test_swap_is_memory_plus_swap_on_v1_and_swap_alone_on_v2(swap, limit, expected):
