@@ -392,8 +392,10 @@ def _report_undelegated(directory: str, needed: set[str], user: str, notices: li
     hint = v2._delegation_hint(base)
     refused = sorted(needed & set(missing))
     if refused:
+        # Not systemd's delegation (user@UID.service): then `ocirt cgroup delegate` is the fix.
+        fix = hint or f"; {_fix_hint(user, refused)}"
         raise CgroupError(f"cannot apply {', '.join(refused)} limits: user {user} was not given the "
-                          f"{', '.join(refused)} controller{'s' if len(refused) > 1 else ''} in {base}{hint}")
+                          f"{', '.join(refused)} controller{'s' if len(refused) > 1 else ''} in {base}{fix}")
     notices.append(f"cgroup controllers not delegated to user {user}, so not used: {' '.join(missing)}{hint}")
 
 
