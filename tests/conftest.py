@@ -41,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rootless: runs the runtime as an unprivileged test user")
     config.addinivalue_line("markers", "engines: drives podman/containerd/docker (needs `scripts/bootstrap "
                                        "--engines`; .ci/run runs these too)")
-    config.addinivalue_line("markers", "v2host: needs a pure cgroup v2 host with systemd; `scripts/test --v2` "
+    config.addinivalue_line("markers", "v2host: runs in the cgroup v2 + systemd guest (tests/v2host need it, tests/cgroups run on every host); `scripts/test --v2` "
                                        "runs these in the QEMU guest scripts/v2host boots (.ci/run does too)")
     config.addinivalue_line("markers", "slurm: drives a one-node Slurm 22.05 cluster (needs `scripts/bootstrap "
                                        "--engines`, which runs scripts/slurm-setup)")
