@@ -33,6 +33,17 @@ from ocirt import cgroups  # noqa: E402
 from ocirt.cgroups import fs  # noqa: E402
 from ocirt.errors import CgroupError  # noqa: E402
 
+MODE = cgroups.detect_mode()
+
+
+def pytest_collection_modifyitems(config, items):
+    # These tests run on every host, the v2 guest too (`scripts/test --v2`); what is v1-only says so.
+    here = str(Path(__file__).parent)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.v2host)
+
+
 # cgroup state changes within a few ms: poll finer than the suite's default.
 wait_for = functools.partial(helpers.wait_for, interval=0.01)
 
@@ -48,11 +59,14 @@ def all_hierarchies() -> list[tuple[str, cgroups.Mount]]:
 
 
 def candidate_dirs(name: str) -> list[str]:
-    """Where a cgroup named `name` may appear: under each mount root and beneath our own cgroup."""
+    """Where a cgroup named `name` may appear: under each mount root, beneath our own cgroup, and (pure v2,
+    where relative paths go beside the caller's cgroup) beneath its parent."""
     own = cgroups.own_cgroups()
+    pure_v2 = cgroups.detect_mode() == "v2"
     dirs: list[str] = []
     for key, mount in all_hierarchies():
-        for base in (mount.mountpoint, cgroups._own_dir(mount, own.get(key))):
+        own_dir = cgroups._own_dir(mount, own.get(key))
+        for base in (mount.mountpoint, own_dir, *([posixpath.dirname(own_dir)] * pure_v2)):
             path = posixpath.join(base, name)
             if path not in dirs:
                 dirs.append(path)
@@ -188,9 +202,13 @@ def test_user() -> Iterator[ScratchUser]:
             _remove_subid_lines(path, name)
 
 
-def run_as(user: ScratchUser, code: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run Python `code` as `user` (no supplementary groups), with the repository importable."""
+def run_as(user: ScratchUser, code: str, *args: str, timeout: float = 30,
+           cgroup: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Python `code` as `user` (no supplementary groups), with the repository importable; in the cgroup2
+    directory `cgroup` if given (root moves it there first, as systemd starts a user's session in its slice)."""
     prologue = f"import sys\nsys.path.insert(0, {REPO!r})\n"
     command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--",
                sys.executable, "-I", "-c", prologue + code, *args]
+    if cgroup is not None:
+        command = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, *command]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/")

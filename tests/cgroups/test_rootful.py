@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ocirt import cgroups
-from ocirt.cgroups import fs
+from ocirt.cgroups import fs, v2
 from ocirt.errors import CgroupError
 
 from .conftest import existing_dirs, wait_for
@@ -20,6 +20,7 @@ from .conftest import existing_dirs, wait_for
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 MiB = 1 << 20
+MODE = cgroups.detect_mode()
 
 
 def v1_only(manager: cgroups.Manager, controller: str) -> str:
@@ -48,6 +49,13 @@ def test_paths_follow_runc_rules(cgroup_prefix):
         assert relative.paths()[controller] == posixpath.join(own_dir, cgroup_prefix, "c1")
         assert absolute.paths()[controller] == posixpath.join(mount.mountpoint, cgroup_prefix, "c1")
         assert default.paths()[controller] == posixpath.join(own_dir, "ctr-id")
+    if cgroups.detect_mode() == "v2":
+        # Beside our own cgroup, which holds processes and so could give a child no controller.
+        assert table.v2 is not None
+        beside = posixpath.dirname(cgroups._own_dir(table.v2, own.get(cgroups.UNIFIED)))
+        assert relative.paths() == {cgroups.UNIFIED: posixpath.join(beside, cgroup_prefix, "c1")}
+        assert absolute.paths() == {cgroups.UNIFIED: posixpath.join(table.v2.mountpoint, cgroup_prefix, "c1")}
+        assert default.paths() == {cgroups.UNIFIED: posixpath.join(beside, "ctr-id")}
     # `..` cannot climb out of the caller's cgroup.
     sneaky = cgroups.open_manager("c1", f"../../{cgroup_prefix}", rootless=False, resources=None)
     if "memory" in table.v1:
@@ -76,6 +84,24 @@ def test_create_writes_every_limit(cgroup_prefix):
     manager = cgroups.open_manager("c1", f"{cgroup_prefix}/c1", rootless=False, resources=resources)
     manager.create()
     paths = manager.paths()
+    if MODE == "v2":
+        unified = paths[cgroups.UNIFIED]
+        assert fs.read(unified, "memory.max") == str(64 * MiB)
+        assert fs.read(unified, "memory.swap.max") == str(32 * MiB)  # v2's swap alone: 96 - 64
+        assert fs.read(unified, "memory.low") == str(32 * MiB)
+        assert "memory.swappiness is ignored: cgroup v2 has no per-cgroup swappiness" in manager.notices
+        assert fs.read(unified, "cpu.weight") == "20"
+        assert fs.read(unified, "cpu.max") == "20000 100000"
+        assert fs.read(unified, "pids.max") == "42"
+        if fs.exists(unified, "io.bfq.weight"):
+            assert fs.read(unified, "io.bfq.weight").split()[-1] == "300"
+        else:
+            assert fs.read(unified, "io.weight").split()[-1] == str(v2.blkio_weight_to_io_weight(300))
+        assert fs.read(unified, "cpuset.cpus") == "0" and fs.read(unified, "cpuset.mems") == "0"
+        manager.destroy()
+        assert not os.path.exists(unified)
+        manager.destroy()  # idempotent
+        return
     memory, cpu, pids, blkio, cpuset = (paths[c] for c in ("memory", "cpu", "pids", "blkio", "cpuset"))
     assert fs.read(memory, "memory.limit_in_bytes") == str(64 * MiB)
     assert fs.read(memory, "memory.memsw.limit_in_bytes") == str(96 * MiB)
@@ -144,7 +170,10 @@ def test_memory_limit_gets_a_hog_oom_killed(cgroup_prefix, spawn):
         assert "survived" not in out
         if event_fd is not None:
             assert int.from_bytes(os.read(event_fd, 8), "little") >= 1
-        assert fs.read_keyed(manager.paths()["memory"], "memory.oom_control").get("oom_kill", 1) >= 1
+        if MODE == "v2":
+            assert fs.read_keyed(manager.paths()[cgroups.UNIFIED], "memory.events")["oom_kill"] >= 1
+        else:
+            assert fs.read_keyed(manager.paths()["memory"], "memory.oom_control").get("oom_kill", 1) >= 1
     finally:
         if event_fd is not None:
             os.close(event_fd)
@@ -257,6 +286,20 @@ def test_update_lowers_limits_live(cgroup_prefix, spawn):
     manager.update({"memory": {"limit": 64 * MiB, "swap": 64 * MiB}, "pids": {"limit": 3},
                     "cpu": {"shares": 128, "quota": 10000}})
     paths = manager.paths()
+    if MODE == "v2":
+        unified = paths[cgroups.UNIFIED]
+        assert fs.read(unified, "memory.max") == str(64 * MiB)
+        assert fs.read(unified, "memory.swap.max") == "0"
+        assert fs.read(unified, "pids.max") == "3"
+        assert fs.read(unified, "cpu.weight") == "5"
+        # v2 has one file for quota and period: an update naming only the quota keeps the period.
+        assert fs.read(unified, "cpu.max") == "10000 100000"
+        manager.update({"memory": {"limit": 512 * MiB, "swap": 512 * MiB}})
+        assert fs.read(unified, "memory.max") == str(512 * MiB)
+        manager.kill_all(signal.SIGKILL)
+        child.process.wait(timeout=10)
+        manager.destroy()
+        return
     assert fs.read(paths["memory"], "memory.limit_in_bytes") == str(64 * MiB)
     assert fs.read(paths["memory"], "memory.memsw.limit_in_bytes") == str(64 * MiB)
     assert fs.read(paths["pids"], "pids.max") == "3"
@@ -340,6 +383,10 @@ def test_ignored_fields_are_reported_once(cgroup_prefix):
     manager = cgroups.open_manager("c1", f"{cgroup_prefix}/c1", rootless=False,
                                    resources={"memory": {"limit": 64 * MiB, "kernel": 64 * MiB}})
     manager.create()
-    assert manager.notices == ["memory.kernel is ignored: the kernel no longer supports kernel memory limits"]
-    assert fs.read(manager.paths()["memory"], "memory.limit_in_bytes") == str(64 * MiB)
+    if MODE == "v2":
+        assert manager.notices == ["memory.kernel is ignored: cgroup v2 has no separate kernel memory limit"]
+        assert fs.read(manager.paths()[cgroups.UNIFIED], "memory.max") == str(64 * MiB)
+    else:
+        assert manager.notices == ["memory.kernel is ignored: the kernel no longer supports kernel memory limits"]
+        assert fs.read(manager.paths()["memory"], "memory.limit_in_bytes") == str(64 * MiB)
     manager.destroy()

@@ -20,6 +20,12 @@ from .conftest import all_hierarchies, force_remove, run_as
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a user and delegate")
 
 MiB = 1 << 20
+MODE = cgroups.detect_mode()
+# cgroup v2 moves a process only when its writer may write cgroup.procs of the common ancestor of the
+# source and target cgroups: a user's process outside the delegated subtree can never join it. On a pure
+# v2 host a user's cgroups come from systemd (user@UID.service), which tests/v2host covers.
+V2_CONTAINMENT = pytest.mark.skipif(MODE == "v2", reason="joining a delegated cgroup from outside it is cgroup "
+                                    "v1 (and hybrid) only: v2's delegation containment forbids it")
 
 # Runs as the test user: open a rootless manager, optionally create it, join it, read back the
 # files and try to fork past the pids limit. Prints one JSON object.
@@ -73,8 +79,8 @@ print(json.dumps(out))
 """
 
 
-def run_manager_as(user, **args) -> dict:
-    result = run_as(user, USER_SCRIPT, json.dumps(args))
+def run_manager_as(user, cgroup: str | None = None, **args) -> dict:
+    result = run_as(user, USER_SCRIPT, json.dumps(args), cgroup=cgroup)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -108,24 +114,37 @@ def test_without_delegation_the_manager_opens_with_notices(test_user):
     assert "error" not in out, out
     assert out["paths"] == {}
     text = "\n".join(out["notices"])
-    assert f"not delegated to user {test_user.name}" in text
+    if MODE == "v2":
+        assert f"no cgroup is delegated to user {test_user.name}: cgroup limits are not applied" in text
+    else:
+        assert f"not delegated to user {test_user.name}" in text
     if "devices" in cgroups.mounts().v1:
         assert cgroups.DEVICES_ROOTLESS_NOTICE in out["notices"]
         assert out["notices"].count(cgroups.DEVICES_ROOTLESS_NOTICE) == 1
 
 
 def test_limit_on_an_undelegated_controller_names_the_controller_and_the_fix(test_user, delegate_for):
-    delegate_for(["memory"])
-    out = run_manager_as(test_user, id="c1", resources={"pids": {"limit": 5}}, create=False)
-    assert out["error"] == (
-        f"cannot apply pids limits: the pids cgroup is not delegated to user {test_user.name}; "
-        f"run `ocirt cgroup delegate --user {test_user.name} --controllers pids` as root")
+    (delegated, *_) = delegate_for(["memory"])
+    session = None
+    if MODE == "v2":
+        # v2 lets a process join only a delegated subtree it already runs in: start the user inside it.
+        session = posixpath.join(delegated, "session")
+        os.mkdir(session)
+    out = run_manager_as(test_user, session, id="c1", resources={"pids": {"limit": 5}}, create=False)
+    fix = f"run `ocirt cgroup delegate --user {test_user.name} --controllers pids` as root"
+    if MODE == "v2":
+        assert out["error"] == (f"cannot apply pids limits: user {test_user.name} was not given the pids "
+                                f"controller in {delegated}; {fix}")
+    else:
+        assert out["error"] == (
+            f"cannot apply pids limits: the pids cgroup is not delegated to user {test_user.name}; {fix}")
     # Memory is delegated, so the same user can limit memory; unrelated controllers never fail it.
-    out = run_manager_as(test_user, id="c1", resources={"memory": {"limit": 64 * MiB}}, create=False)
+    out = run_manager_as(test_user, session, id="c1", resources={"memory": {"limit": 64 * MiB}}, create=False)
     assert "error" not in out, out
-    assert set(out["paths"]) == {"memory"}
+    assert set(out["paths"]) == {cgroups.UNIFIED if MODE == "v2" else "memory"}
 
 
+@V2_CONTAINMENT
 def test_delegated_user_creates_limits_joins_and_is_limited(test_user, delegate_for):
     delegate_for(["memory", "pids", "cpu", "blkio"])
     resources = {"memory": {"limit": 64 * MiB, "swap": 64 * MiB}, "pids": {"limit": 5},
@@ -163,6 +182,18 @@ def test_delegated_user_creates_limits_joins_and_is_limited(test_user, delegate_
 def test_delegate_chowns_what_the_kernel_needs(test_user, delegate_for):
     directories = delegate_for(["memory", "cpu", "pids"])
     table = cgroups.mounts()
+    if MODE == "v2":
+        # The kernel's v2 contract: the directory and its cgroup.procs/threads/subtree_control, with the
+        # controllers on in the (root-owned) parent.
+        (directory,) = directories
+        assert directory == posixpath.join(table.v2.mountpoint, "ocirt", test_user.name)
+        for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+            assert os.stat(posixpath.join(directory, name)).st_uid == test_user.uid, name
+        for name in ("cgroup.controllers", "cgroup.events", "memory.stat"):
+            assert os.stat(posixpath.join(directory, name)).st_uid == 0, name
+        assert os.stat(posixpath.dirname(directory)).st_uid == 0
+        assert {"memory", "cpu", "pids"} <= set(fs.read(posixpath.dirname(directory), "cgroup.subtree_control").split())
+        return
     expected = {posixpath.join(table.v1[c].mountpoint, "ocirt", test_user.name)
                 for c in ("memory", "cpu", "cpuacct", "pids") if c in table.v1}
     assert set(directories) == expected
@@ -198,6 +229,7 @@ def test_delegate_refuses_unknown_users_and_controllers(test_user):
     assert not delegated_dirs(delegation.default_path(test_user.name))
 
 
+@V2_CONTAINMENT
 def test_delegate_a_custom_path_used_through_an_absolute_cgroups_path(test_user, delegate_for, cgroup_prefix):
     path = f"{cgroup_prefix}/{test_user.name}"
     delegate_for(["pids"], path)
