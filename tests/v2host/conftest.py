@@ -109,3 +109,18 @@ def cgroup_dir(bundle: helpers.Bundle) -> Path:
     state = json.loads((bundle.root / bundle.id / "state.json").read_text())
     paths = state["ocirt"]["cgroup"]["paths"]
     return Path(paths.get("unified") or next(iter(paths.values())))
+
+
+@pytest.fixture(scope="session")
+def probe(tmp_path_factory) -> Path:
+    """A directory holding `probe` (tests/v2host/probe.c, built here statically): mount it into a container
+    to map huge pages, hold memory or open verbs contexts, which busybox cannot."""
+    directory = tmp_path_factory.mktemp("probe")
+    directory.chmod(0o755)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(directory / "probe"), str(Path(__file__).with_name("probe.c"))],
+                   check=True, capture_output=True, timeout=300)
+    return directory
+
+
+def probe_mount(directory: Path) -> dict:
+    return {"destination": "/probe", "type": "bind", "source": str(directory), "options": ["rbind", "ro"]}

@@ -4,13 +4,15 @@ and every resource proven by what the kernel then does to the container (read ba
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import subprocess
 import time
 
 import helpers
 import pytest
 
-from .conftest import cgroup_dir, own_cgroup, run
+from .conftest import cgroup_dir, own_cgroup, probe_mount, run
 
 MiB = 1 << 20
 
@@ -19,22 +21,32 @@ def cgroup_of_init(out: str) -> str:
     return out.split("CG=", 1)[1].split()[0]
 
 
-@pytest.mark.parametrize("path_kind", ["relative", "absent"])
-def test_relative_or_absent_path_goes_beside_our_own_cgroup(v2bundle, caller, path_kind, tmp_path):
-    """runc's placement: the parent of the caller's cgroup (which holds processes), plus the path."""
-    bundle = v2bundle(["sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max"],
-                      resources={"memory": {"limit": 64 * MiB}, "pids": {"limit": 32}},
-                      cgroups_path=None if path_kind == "absent" else "")
+# The issue's table: memory 64 MiB, pids 32, cpu 50000/100000, read back inside the container.
+TABLE_LIMITS = {"memory": {"limit": 64 * MiB}, "pids": {"limit": 32}, "cpu": {"quota": 50000, "period": 100000}}
+
+
+@pytest.mark.parametrize("path_kind", ["absolute", "relative", "absent"])
+def test_each_cgroups_path_kind_is_placed_and_limited(v2bundle, caller, path_kind, tmp_path):
+    """An absolute path is taken as it is (rootless: one in the cgroup systemd delegated to the user, beside
+    our own); relative and absent ones go where runc puts them: beside the caller's cgroup (which holds
+    processes), plus the path."""
+    beside = posixpath.dirname(own_cgroup())
+    absolute = posixpath.join(beside if caller.rootless else "/", "ocirt-test-abs-" + helpers.new_container_id()[-8:])
+    given = {"absolute": absolute, "relative": "", "absent": None}[path_kind]
+    bundle = v2bundle(["sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max"],
+                      resources=TABLE_LIMITS, cgroups_path=given)
     hook = tmp_path / "where"
     bundle.config.setdefault("hooks", {})["createRuntime"] = [
         {"path": "/bin/sh", "args": ["sh", "-c", f"cat /proc/$(sed 's/.*\"pid\": *\\([0-9]*\\).*/\\1/')/cgroup > {hook}"]}]
     bundle.write()
     result = run(bundle)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(64 * MiB), "32"]
+    assert result.stdout.split() == [str(64 * MiB), "32", "50000", "100000"]
     placed = hook.read_text().strip().split("::", 1)[1]
-    inner = bundle.id if path_kind == "absent" else helpers.cgroups_path(bundle.id)
-    assert placed == posixpath.join(posixpath.dirname(own_cgroup()), inner)
+    expected = {"absolute": absolute, "relative": posixpath.join(beside, helpers.cgroups_path(bundle.id)),
+                "absent": posixpath.join(beside, bundle.id)}[path_kind]
+    assert placed == expected
+    assert not os.path.exists("/sys/fs/cgroup" + placed)
 
 
 def test_only_needed_controllers_are_enabled(v2bundle, tmp_path):
@@ -173,14 +185,108 @@ def test_rootless_says_which_controllers_are_missing_and_why(v2bundle, caller):
     assert "internal error" not in result.stderr
 
 
-def test_hugetlb_limit_is_set(v2bundle, caller):
+@pytest.fixture
+def huge_pages(caller):
+    """Reserve 16 huge pages in the guest for the test (the pool is empty after boot)."""
     if caller.rootless:
         pytest.skip("hugetlb is not delegated to user@UID.service by default")
-    bundle = v2bundle(["cat", "/sys/fs/cgroup/hugetlb.2MB.max"],
-                      resources={"hugepageLimits": [{"pageSize": "2MB", "limit": 4 * 2 * MiB}]})
+    pool = "/proc/sys/vm/nr_hugepages"
+    before = int(open(pool).read())
+    with open(pool, "w") as handle:
+        handle.write("16")
+    free = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("HugePages_Free:"))
+    assert free >= 8, f"the guest reserved only {free} huge pages"
+    yield
+    with open(pool, "w") as handle:
+        handle.write(str(before))
+
+
+@pytest.mark.parametrize("limit_pages,touched", [(4, 4), (8, 6)])
+def test_hugetlb_limit_makes_the_next_fault_sigbus(v2bundle, caller, probe, huge_pages, limit_pages, touched):
+    """hugetlb.2MB.max charges at fault time: the fault past the limit gets SIGBUS, as the kernel documents;
+    with room for all six pages the same program touches every one."""
+    bundle = v2bundle(["sh", "-c", "/probe/probe hugetlb 6; echo rc=$?; cat /sys/fs/cgroup/hugetlb.2MB.max; "
+                                   "cat /sys/fs/cgroup/hugetlb.2MB.events"],
+                      resources={"hugepageLimits": [{"pageSize": "2MB", "limit": limit_pages * 2 * MiB}]},
+                      mounts=[probe_mount(probe)])
     result = run(bundle)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(8 * MiB)
+    lines = result.stdout.split("\n")
+    assert f"touched {touched}" in lines and f"touched {touched + 1}" not in lines, result.stdout
+    assert str(limit_pages * 2 * MiB) in lines, result.stdout
+    if touched < 6:
+        assert f"SIGBUS at {touched + 1}" in lines and "rc=3" in lines and "max 1" in lines, result.stdout
+    else:
+        assert "rc=0" in lines and "max 0" in lines, result.stdout
+
+
+@pytest.mark.parametrize("swap,survives", [(32 * MiB, False), (160 * MiB, True)])
+def test_memory_swap_max_decides_whether_a_hog_survives(v2bundle, probe, swap, survives):
+    """OCI's swap is memory+swap: 32 MiB + 32 MiB gives memory.swap.max 0, and 48 MiB of anonymous memory
+    is then OOM-killed; with 128 MiB of swap allowed the same program lives, partly swapped out."""
+    bundle = v2bundle(["sh", "-c", "cat /sys/fs/cgroup/memory.swap.max; /probe/probe alloc 48 "
+                                   "/sys/fs/cgroup/memory.swap.current; echo rc=$?; "
+                                   "grep oom_kill /sys/fs/cgroup/memory.events"],
+                      resources={"memory": {"limit": 32 * MiB, "swap": swap}}, mounts=[probe_mount(probe)])
+    result = run(bundle)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == str(swap - 32 * MiB), result.stdout
+    if survives:
+        assert lines[1] == "held 48" and int(lines[2]) >= 16 * MiB and lines[3] == "rc=0", result.stdout
+        assert "oom_kill 0" in lines, result.stdout
+    else:
+        assert "held 48" not in lines and "rc=137" in lines and "oom_kill 1" in lines, result.stdout
+
+
+@pytest.fixture
+def rxe_device(caller):
+    """A soft-RoCE device on a dummy link (rdma_rxe): the guest has no RDMA hardware. Yields (name, node)."""
+    if caller.rootless:
+        pytest.skip("rdma is not delegated to user@UID.service by default, and making the device needs root")
+    name, link = "ocirtrxe0", "ocirt-rxe"
+    for command in (["modprobe", "-a", "rdma_rxe", "ib_uverbs"], ["ip", "link", "add", link, "type", "dummy"],
+                    ["ip", "link", "set", link, "up"], ["rdma", "link", "add", name, "type", "rxe", "netdev", link]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
+    try:
+        node = None
+        assert helpers.wait_for(lambda: any(
+            open(f"/sys/class/infiniband_verbs/{entry}/ibdev").read().strip() == name
+            for entry in os.listdir("/sys/class/infiniband_verbs") if entry.startswith("uverbs")), timeout=30)
+        for entry in os.listdir("/sys/class/infiniband_verbs"):
+            if entry.startswith("uverbs") and open(f"/sys/class/infiniband_verbs/{entry}/ibdev").read().strip() == name:
+                node = f"/dev/infiniband/{entry}"
+        assert node and helpers.wait_for(lambda: os.path.exists(node), timeout=30), node
+        yield name, node
+    finally:
+        subprocess.run(["rdma", "link", "delete", name], capture_output=True, timeout=60)
+        subprocess.run(["ip", "link", "delete", link], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("handles", [1, 2])
+def test_rdma_max_limits_verbs_contexts(v2bundle, caller, probe, rxe_device, handles):
+    """rdma.max hca_handle=1: the first verbs context on the device opens, the second is refused (EAGAIN);
+    with two handles allowed both open."""
+    name, node = rxe_device
+    device = os.stat(node).st_rdev
+    major, minor = os.major(device), os.minor(device)
+    bundle = v2bundle(["sh", "-c", f"/probe/probe rdma {node} 2; cat /sys/fs/cgroup/rdma.max"],
+                      resources={"rdma": {name: {"hcaHandles": handles, "hcaObjects": 100}},
+                                 "devices": [{"allow": False, "access": "rwm"},
+                                             {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"},
+                                             {"allow": True, "type": "c", "major": major, "minor": minor,
+                                              "access": "rw"}]},
+                      mounts=[probe_mount(probe)])
+    bundle.config["linux"].setdefault("devices", []).append(
+        {"path": node, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0})
+    bundle.write()
+    result = run(bundle)
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.split("\n")]
+    assert lines[0] == "context 1 ok", result.stdout
+    assert lines[1] == ("context 2 ok" if handles == 2 else "context 2: Resource temporarily unavailable"), lines
+    assert f"{name} hca_handle={handles} hca_object=100" in lines, result.stdout
 
 
 def test_pause_freezes_kill_all_uses_cgroup_kill_update_and_stats(v2bundle, caller, test_dir):
