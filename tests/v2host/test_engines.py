@@ -21,6 +21,11 @@ import engine_harness as eh  # noqa: E402
 MiB = 1 << 20
 RUNTIME = helpers.runtime_path()
 READ_LIMITS = ["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/cpu.max"]
+# ctr's default spec mounts no cgroupfs (the CRI plugin adds one) and has no cgroup namespace: with the cgroup2
+# mount the test adds, /sys/fs/cgroup is the whole hierarchy (as with runc), and the container's own cgroup is
+# the path /proc/self/cgroup names.
+READ_OWN_LIMITS = ["sh", "-c", 'cg=/sys/fs/cgroup$(sed -n "s/^0:://p" /proc/self/cgroup); '
+                   'cat $cg/memory.max $cg/pids.max $cg/cpu.max']
 EXPECTED = [str(64 * MiB), "32", "50000", "100000"]
 IMAGE = "localhost/ocirt-v2-busybox:latest"
 
@@ -81,9 +86,12 @@ def test_containerd_runc_shim_with_systemd_cgroup(caller, harness_session):
     name = helpers.new_container_id()
     try:
         out = sh("ctr", "run", "--rm", "--runc-binary", RUNTIME, "--runc-systemd-cgroup",
-                 "--cgroup", f"system.slice:ctr:{name}", "--memory-limit", str(64 * MiB),
-                 "--rootfs", str(harness_session.rootfs()), name, *READ_LIMITS[:2])
-        assert out.split() == EXPECTED[:1] + ["max"], out
+                 "--cgroup", f"system.slice:ctr:{name}", "--memory-limit", str(64 * MiB), "--cpus", "0.5",
+                 "--mount", "type=cgroup2,src=cgroup2,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec",
+                 "--rootfs", str(harness_session.rootfs()), name, *READ_OWN_LIMITS)
+        # ctr 1.6 has no pids flag: the scope gets systemd's DefaultTasksMax (runc's too).
+        default_tasks = sh("systemctl", "show", "--property=DefaultTasksMax", "--value").strip()
+        assert out.split() == [EXPECTED[0], default_tasks, *EXPECTED[2:]], out
     finally:
         subprocess.run(["systemctl", "stop", "containerd.service"], capture_output=True, timeout=120)
     assert not os.path.exists(f"/sys/fs/cgroup/system.slice/ctr-{name}.scope")
