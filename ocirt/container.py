@@ -743,7 +743,8 @@ SIGNALS = {
 
 
 def parse_signal(text: str) -> int:
-    if text.isdigit():
+    # isdigit() alone also accepts digits such as "٩", which int() reads as 9.
+    if text.isascii() and text.isdigit():
         sig = int(text)
         if 0 < sig <= 64:
             return sig
