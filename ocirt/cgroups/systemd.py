@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import posixpath
 
-from ocirt.cgroups import Manager, fs
+from ocirt.cgroups import fs, hierarchy
+from ocirt.cgroups.manager import Manager
 from ocirt.errors import CgroupError
 
 TYPE_CHECKING = False
@@ -334,11 +335,9 @@ class _DBusError(CgroupError):
 
 def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootless: bool, resources: dict | None,
                          annotations: dict | None):
-    from ocirt import cgroups
-
     slice_name, unit = parse_path(cgroups_path, container_id, rootless)
     slice_path = expand_slice(slice_name)
-    mode = cgroups.detect_mode()
+    mode = hierarchy.detect_mode()
     properties = resource_properties(resources, unified=mode == "v2")
     extra = annotation_properties(annotations)
     if rootless and mode != "v2":
@@ -359,10 +358,10 @@ def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootles
     if exists:
         raise CgroupError(f"cannot use systemd unit {unit}: it exists already (another container?)")
     inner = posixpath.join(root, slice_path.lstrip("/"), unit)
-    table = cgroups.mounts()
+    table = hierarchy.mounts()
     paths: dict[str, str] = {}
     if table.v2 is not None and mode == "v2":
-        paths[cgroups.UNIFIED] = posixpath.join(table.v2.mountpoint, inner.lstrip("/"))
+        paths[hierarchy.UNIFIED] = posixpath.join(table.v2.mountpoint, inner.lstrip("/"))
     else:
         for controller, mount in table.v1.items():
             if controller.startswith("name=") and controller != "name=systemd":
@@ -371,7 +370,7 @@ def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootles
                 continue
             paths[controller] = posixpath.join(mount.mountpoint, inner.lstrip("/"))
         if mode == "hybrid" and table.v2 is not None:
-            paths[cgroups.UNIFIED] = posixpath.join(table.v2.mountpoint, inner.lstrip("/"))
+            paths[hierarchy.UNIFIED] = posixpath.join(table.v2.mountpoint, inner.lstrip("/"))
     notices: list[str] = []
     manager = SystemdManager(container_id, mode, rootless, paths, table.v2.mountpoint if table.v2 else None,
                              resources, notices)
@@ -384,16 +383,15 @@ def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootles
 def _refuse_v1_rootless_limits(resources: dict | None) -> None:
     """On cgroup v1 systemd gives an unprivileged user's manager no controller: its scopes exist only to
     track processes (name=systemd, and the empty cgroup2 tree of a hybrid host), so no limit can apply."""
-    from ocirt import cgroups
     from ocirt.cgroups import v1, v2
 
-    v1_part, unified_part = cgroups._split_resources(cgroups.detect_mode(), cgroups.mounts(), resources)
+    v1_part, unified_part = hierarchy._split_resources(hierarchy.detect_mode(), hierarchy.mounts(), resources)
     wanted = {controller for controller, _name, _value in v1.plan(v1_part, []) if controller != "devices"}
     wanted |= v2.controllers_needed(v2.plan(unified_part, []))
     if wanted:
         names = ", ".join(sorted(wanted))
         raise CgroupError(f"cannot apply {names} limits rootless with the systemd cgroup driver on cgroup v1: "
-                          f"systemd delegates no v1 controller to user {cgroups._user_name()} (cgroup v2 can: "
+                          f"systemd delegates no v1 controller to user {hierarchy._user_name()} (cgroup v2 can: "
                           "boot with systemd.unified_cgroup_hierarchy=1), and the scope would only track the "
                           "processes; without --systemd-cgroup, `ocirt cgroup delegate` can give the user "
                           "v1 cgroups")
