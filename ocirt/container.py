@@ -179,7 +179,9 @@ def _rootfs_path(config: dict, bundle: str) -> str:
 
 # -- create ---------------------------------------------------------------------------------------------------
 def create(opts: CreateOptions, *, for_run: bool = False):
-    """Create the container and leave its init waiting for `start`. Returns the init's Spawned record."""
+    """Create the container and leave its init waiting for `start`. Returns the init's Spawned record.
+    The container's lock is released before it returns: the caller's next command on the id (state,
+    start, delete) takes it again, as one from another process would."""
     from ocirt import cgroups
 
     # The kernel's wait before the init's first cgroup migration overlaps with reading the config and
@@ -363,7 +365,8 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
             _write_pid_file(opts.pid_file, spawned.pid)
             crash_point()
         log.trace("create", "container %s created, init pid %d", opts.container_id, spawned.pid)
-        return container, spawned
+        container.close()
+        return spawned
     except BaseException:
         # Undo all of it: an init that is already waiting for `start` (when the last save or the pid file
         # failed), the cgroups, the directory.
@@ -1241,8 +1244,7 @@ def run(opts: CreateOptions, *, keep: bool = False) -> int:
         # The init is the intermediate's child: becoming a subreaper makes it ours when the intermediate exits.
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         watch = CallerWatch()
-    container, spawned = create(opts, for_run=True)
-    container.close()
+    spawned = create(opts, for_run=True)
     try:
         if watch is not None and watch.gone:
             raise OcirtError(f"container {opts.container_id!r} not started: the caller of run has exited")

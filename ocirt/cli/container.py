@@ -78,8 +78,7 @@ def _learn_options(cmd: dict):
 def cmd_create(opts, cmd, positional):
     from ocirt.container import create
 
-    container, _ = create(_create_options(opts, cmd, positional, detach=True))
-    container.close()
+    create(_create_options(opts, cmd, positional, detach=True))
 
 
 def cmd_run(opts, cmd, positional):
