@@ -30,11 +30,12 @@ class CreateOptions:
                  console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
                  preserve_fds: int = 0, rootless: bool = False, detach: bool = True,
                  relay_console: bool = False, listen_fds: int = 0, systemd_cgroup: bool = False,
-                 seccomp_learn=None):
+                 seccomp_learn=None, pidfd_socket: str | None = None):
         self.root = root
         self.container_id = container_id
         self.bundle = os.path.abspath(bundle or ".")
         self.pid_file = os.path.abspath(pid_file) if pid_file else None
+        self.pidfd_socket = os.path.abspath(pidfd_socket) if pidfd_socket else None
         self.console_socket = os.path.abspath(console_socket) if console_socket else None
         self.no_pivot = no_pivot
         self.no_new_keyring = no_new_keyring
@@ -200,6 +201,10 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
 
     if opts.pid_file:
         check_pid_file(opts.pid_file)
+    if opts.pidfd_socket:
+        from ocirt import pidfd_socket
+
+        pidfd_socket.check(opts.pidfd_socket)
     config = load_config(opts.bundle)
     log.trace("config", "%s/config.json read and validated", opts.bundle)
     _pass_notify_socket(config)
@@ -364,6 +369,10 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         if opts.pid_file:
             _write_pid_file(opts.pid_file, spawned.pid)
             crash_point()
+        if opts.pidfd_socket:
+            from ocirt import pidfd_socket
+
+            pidfd_socket.send(opts.pidfd_socket, spawned.pid)
         log.trace("create", "container %s created, init pid %d", opts.container_id, spawned.pid)
         container.close()
         return spawned
@@ -1021,7 +1030,7 @@ class ExecOptions:
                  console_socket: str | None = None, cwd: str | None = None, env: list[str] | None = None,
                  user: str | None = None, additional_gids: list[str] | None = None, caps: list[str] | None = None,
                  no_new_privs: bool = False, preserve_fds: int = 0, apparmor: str | None = None,
-                 process_label: str | None = None, ignore_paused: bool = False):
+                 process_label: str | None = None, ignore_paused: bool = False, pidfd_socket: str | None = None):
         self.root = root
         self.container_id = container_id
         self.process = process
@@ -1029,6 +1038,7 @@ class ExecOptions:
         self.tty = tty
         self.detach = detach
         self.pid_file = os.path.abspath(pid_file) if pid_file else None
+        self.pidfd_socket = os.path.abspath(pidfd_socket) if pidfd_socket else None
         self.console_socket = os.path.abspath(console_socket) if console_socket else None
         self.cwd = cwd
         self.env = env or []
@@ -1129,6 +1139,10 @@ def _exec_process(opts: ExecOptions) -> int:
 
     if opts.pid_file:
         check_pid_file(opts.pid_file)
+    if opts.pidfd_socket:
+        from ocirt import pidfd_socket
+
+        pidfd_socket.check(opts.pidfd_socket)
     container = Container.load(opts.root, opts.container_id, shared=True)
     try:
         status = container.status()
@@ -1181,13 +1195,18 @@ def _exec_process(opts: ExecOptions) -> int:
     crash_point()
     spawned = spawn_exec(plan)
     crash_point()
-    if opts.pid_file:
-        try:
+    try:
+        if opts.pid_file:
             _write_pid_file(opts.pid_file, spawned.pid)
-        except OcirtError:
-            # As runc: no process runs that its caller can't know of.
-            _kill_exec_process(spawned.pid)
-            raise
+        if opts.pidfd_socket:
+            from ocirt import pidfd_socket
+
+            pidfd_socket.send(opts.pidfd_socket, spawned.pid)
+    except OcirtError:
+        # As runc: no process runs that its caller can't know of.
+        _kill_exec_process(spawned.pid)
+        raise
+    if opts.pid_file:
         crash_point()
     if opts.detach:
         return 0

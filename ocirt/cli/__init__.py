@@ -80,7 +80,7 @@ _PID_FILE = (("--pid-file",), "pid_file", VALUE, "write the process's host pid t
 _PRESERVE_FDS = (("--preserve-fds",), "preserve_fds", VALUE,
                  "keep N more fds open in the container, after stdio and $LISTEN_FDS (default: 0)")
 _PIDFD_SOCKET = (("--pidfd-socket",), "pidfd_socket", VALUE,
-                 "an AF_UNIX socket that receives a pidfd of the process (accepted, not yet sent)")
+                 "an AF_UNIX socket that receives a pidfd of the process")
 _CREATE_FLAGS = (
     _BUNDLE, _CONSOLE_SOCKET, _PID_FILE,
     (("--no-pivot",), "no_pivot", SWITCH,

@@ -55,7 +55,7 @@ def _create_options(opts: dict, cmd: dict, positional: list[str], *, detach: boo
 
     return CreateOptions(
         root=state_root(opts), container_id=positional[0], bundle=cmd.get("bundle"),
-        pid_file=cmd.get("pid_file"), console_socket=cmd.get("console_socket"),
+        pid_file=cmd.get("pid_file"), pidfd_socket=cmd.get("pidfd_socket"), console_socket=cmd.get("console_socket"),
         no_pivot=bool(cmd.get("no_pivot")), no_new_keyring=bool(cmd.get("no_new_keyring")),
         preserve_fds=preserve_fds(cmd), rootless=rootless_mode(opts), detach=detach,
         relay_console=not detach and not cmd.get("console_socket"), listen_fds=listen_fds(),
@@ -176,5 +176,5 @@ def cmd_exec(opts, cmd, positional):
         user=cmd.get("user"), additional_gids=gids, caps=cmd.get("cap"),
         no_new_privs=bool(cmd.get("no_new_privs")), preserve_fds=preserve_fds(cmd),
         apparmor=cmd.get("apparmor"), process_label=cmd.get("process_label"),
-        ignore_paused=bool(cmd.get("ignore_paused")),
+        ignore_paused=bool(cmd.get("ignore_paused")), pidfd_socket=cmd.get("pidfd_socket"),
     ))
