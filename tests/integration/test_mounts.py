@@ -342,3 +342,52 @@ def test_userns_bind_source_that_an_earlier_mount_created(make_bundle, test_dir)
     mounts = mountinfo_lines(run_ok(bundle))
     assert mounts["/srv"][3] == "/x" and mounts["/srv/y"][3] == str(data)
     assert mounts["/home"][3] == str(volume / "foo")
+
+
+# ---- runc's own mount-order tree -------------------------------------------------------------------------
+
+def mount_order_tree(bundle: helpers.Bundle, sources: Path) -> None:
+    """runc's mounts.bats "mount order, container bind-mount source": binds of host directories (two through
+    symlinks) make a tree on /mnt, then binds whose sources are paths of that tree inside the rootfs copy
+    parts of it, and the whole of it onto /final. The destinations are written inside the container (runc's
+    test prefixes them with the host's rootfs path, which only runc strips: see docs/conformance.md)."""
+    for sub in ("a/x", "b/y", "c/z"):
+        (sources / sub).mkdir(parents=True)
+        (sources / sub / "file").write_text(sub + "\n")
+        os.symlink(sub.split("/")[0], sources / f"sym-{sub.split('/')[0]}")
+    (bundle.rootfs / "final").mkdir()
+    (bundle.rootfs / "mnt").mkdir(exist_ok=True)
+    inside = bundle.rootfs
+
+    def bind(source, destination, kind="bind"):
+        return {"source": str(source), "destination": destination, "type": "bind", "options": [kind, "rprivate"]}
+
+    bundle.config["mounts"] += [
+        bind(sources / "a", "/mnt"), bind(sources / "sym-b", "/mnt/x"), bind(sources / "c", "/mnt/x/y"),
+        bind(sources / "sym-a", "/mnt/x/y/z"),
+        bind(inside / "mnt" / "x", "/mnt/x/y/z/x", "rbind"), bind(inside / "mnt" / "x" / "y", "/mnt/x/y/z", "rbind"),
+        bind(inside / "mnt", "/final", "rbind"),
+    ]
+    bundle.config["process"]["args"] = ["cat", "/final/x/y/z/z/x/y/z/x/file"]
+
+
+def test_runcs_mount_order_tree(make_bundle, user, test_dir):
+    bundle = own_bundle(make_bundle, user, ["true"])
+    sources = test_dir / "bind-src"
+    mount_order_tree(bundle, sources)
+    if user is not None:
+        helpers.chown_tree(sources, user.uid, user.gid)
+        helpers.chown_tree(bundle.rootfs, user.uid, user.gid)
+    assert run_ok(bundle) == "a/x\n"
+
+
+def test_runcs_mount_order_tree_with_a_user_namespace(make_bundle, test_dir):
+    """The "(userns)" variant: the sources' directory is closed to the mapped root (o-rwx), so the sources
+    must be opened before the user namespace is entered (10b516e: `permission denied`), and the binds of
+    container paths resolved after the earlier mounts (runc 1.1.5 fails on those)."""
+    bundle = userns_bundle(make_bundle, ["true"])
+    sources = test_dir / "bind-src"
+    mount_order_tree(bundle, sources)
+    os.chmod(sources, 0o750)
+    helpers.chown_tree(bundle.rootfs, USERNS_HOST_ID, USERNS_HOST_ID)
+    assert run_ok(bundle) == "a/x\n"
