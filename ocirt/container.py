@@ -10,7 +10,15 @@ import stat
 import time
 
 from ocirt import OCI_VERSION, log
-from ocirt.errors import ConfigError, ContainerNotFound, InvalidState, NotRunning, OcirtError, why
+from ocirt.errors import (
+    CgroupError,
+    ConfigError,
+    ContainerNotFound,
+    InvalidState,
+    NotRunning,
+    OcirtError,
+    why,
+)
 from ocirt.faults import crash_point
 from ocirt.state import (
     CREATED,
@@ -1030,8 +1038,10 @@ class ExecOptions:
                  console_socket: str | None = None, cwd: str | None = None, env: list[str] | None = None,
                  user: str | None = None, additional_gids: list[str] | None = None, caps: list[str] | None = None,
                  no_new_privs: bool = False, preserve_fds: int = 0, apparmor: str | None = None,
-                 process_label: str | None = None, ignore_paused: bool = False, pidfd_socket: str | None = None):
+                 process_label: str | None = None, ignore_paused: bool = False, pidfd_socket: str | None = None,
+                 cgroup: list[str] | None = None):
         self.root = root
+        self.cgroup = cgroup or []
         self.container_id = container_id
         self.process = process
         self.args = args or []
@@ -1168,6 +1178,13 @@ def _exec_process(opts: ExecOptions) -> int:
         cgroup = cgroup_manager(container)
         if cgroup is not None:
             check_realtime_runtime(plan_process, cgroup)
+        cgroup_subs = None
+        if opts.cgroup:
+            from ocirt.cgroups.manager import parse_sub_cgroups
+
+            cgroup_subs = parse_sub_cgroups(opts.cgroup)
+            if cgroup_subs and cgroup is None:
+                raise CgroupError(f"--cgroup: container {opts.container_id} has no cgroups to join")
         rootless = bool(container.runtime.get("rootless"))
         from ocirt.linux.idmap import is_own_single_map
 
@@ -1177,7 +1194,7 @@ def _exec_process(opts: ExecOptions) -> int:
                         init_start_time=container.runtime.get("start_time", 0), cgroup=cgroup,
                         console_socket=opts.console_socket, relay_console=not opts.detach,
                         preserve_fds=opts.preserve_fds,
-                        setgroups_allowed=not (rootless and single_map),
+                        setgroups_allowed=not (rootless and single_map), cgroup_subs=cgroup_subs,
                         listener_state=container.spec_state() if getattr(seccomp, "listener_path", None) else None)
         import ocirt.linux.process  # noqa: F401 - needed after the mount namespace is joined
         if plan_process.terminal or getattr(seccomp, "listener_path", None):

@@ -29,6 +29,27 @@ STATE_VERSION = 1
 _PIDS_SOURCES = ("pids", "freezer", "memory", "cpu", "cpuacct", "blkio", "cpuset", "devices", "name=systemd", UNIFIED)
 
 
+def parse_sub_cgroups(values: list[str]) -> dict[str, str]:
+    """runc's ``exec --cgroup [CONTROLLER[,CONTROLLER...]:]PATH``, repeatable: PATH relative to the
+    container's cgroup, per controller ("" for all of them); "/" is the container's cgroup itself."""
+    subs: dict[str, str] = {}
+    for value in values:
+        controllers, colon, path = value.partition(":")
+        if not colon:
+            controllers, path = "", value
+        relative = posixpath.normpath(path.strip("/")) if path.strip("/") else ""
+        if relative in (".", ""):
+            relative = ""
+        elif relative == ".." or relative.startswith("../") or "\0" in relative:
+            raise CgroupError(f"--cgroup {value}: {path} is not a sub-cgroup path")
+        names = [name for name in controllers.split(",") if name] if colon else [""]
+        if colon and not names:
+            raise CgroupError(f"--cgroup {value}: no controller before the colon")
+        for name in names:
+            subs[name] = relative
+    return subs
+
+
 class Manager:
     def __init__(self, container_id: str, mode: str, rootless: bool, paths: dict[str, str],
                  v2_mount: str | None, resources: dict | None, notices: list[str], *, owner: str | None = None):
@@ -228,6 +249,28 @@ class Manager:
                 failures.append(f"{directory}: {str(err).rsplit(': ', 1)[-1]}")
         if failures:
             raise CgroupError(f"cannot move process {pid} into cgroup {'; '.join(failures)}")
+
+    def join(self, pid: int, subs: dict[str, str]) -> None:
+        """Move ``pid`` into sub-cgroups of the container's (``exec --cgroup``): each controller's own entry,
+        else the entry for every controller (key ""), else the container's cgroup. Each must exist already,
+        as runc requires; nothing is made."""
+        unknown = sorted(key for key in subs if key and key not in self._paths)
+        if unknown:
+            raise CgroupError(f"--cgroup: the container has no {unknown[0]} cgroup (it has "
+                              f"{', '.join(sorted(self._paths))})")
+        if self.mode == "v2" and any(subs):
+            raise CgroupError("--cgroup CONTROLLER:PATH is for cgroup v1 hierarchies: on cgroup v2 give only PATH")
+        targets: list[str] = []
+        for key in [k for k in self._paths if k != UNIFIED] + [UNIFIED] * (UNIFIED in self._paths):
+            sub = subs.get(key, subs.get("", ""))
+            target = posixpath.join(self._paths[key], sub) if sub else self._paths[key]
+            if target not in targets:
+                targets.append(target)
+        for target in targets:
+            if not os.path.isdir(target):
+                raise CgroupError(f"cannot join sub-cgroup {target}: it does not exist")
+        for target in targets:
+            fs.write(target, "cgroup.procs", str(pid))
 
     def update(self, resources: dict) -> None:
         if resources.get("devices") is not None:

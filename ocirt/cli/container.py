@@ -177,4 +177,5 @@ def cmd_exec(opts, cmd, positional):
         no_new_privs=bool(cmd.get("no_new_privs")), preserve_fds=preserve_fds(cmd),
         apparmor=cmd.get("apparmor"), process_label=cmd.get("process_label"),
         ignore_paused=bool(cmd.get("ignore_paused")), pidfd_socket=cmd.get("pidfd_socket"),
+        cgroup=cmd.get("cgroup"),
     ))

@@ -32,8 +32,9 @@ PROC_NS = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"),
 class ExecPlan:
     def __init__(self, *, process, seccomp, init_pid: int, init_start_time: int, cgroup,
                  console_socket: str | None, relay_console: bool, preserve_fds: int, setgroups_allowed: bool,
-                 listener_state: dict | None = None):
+                 listener_state: dict | None = None, cgroup_subs: dict[str, str] | None = None):
         self.process = process
+        self.cgroup_subs = cgroup_subs  # exec --cgroup: sub-cgroups to join instead of the container's
         self.listener_state = listener_state  # the container's state, for a seccomp notify agent
         self.seccomp = seccomp
         self.init_pid = init_pid
@@ -101,11 +102,15 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
     try:
         if plan.cgroup is not None:
             try:
-                plan.cgroup.apply(intermediate)
+                if plan.cgroup_subs:
+                    plan.cgroup.join(intermediate, plan.cgroup_subs)
+                else:
+                    plan.cgroup.apply(intermediate)
             except OcirtError as err:
                 # As runc: as root a process outside the container's cgroups would escape its limits, so
-                # the exec fails; rootless, a hierarchy the user was not delegated is one it can't join.
-                if not plan.cgroup.rootless:
+                # the exec fails; rootless, a hierarchy the user was not delegated is one it can't join,
+                # unless the caller named the sub-cgroups to join.
+                if not plan.cgroup.rootless or plan.cgroup_subs:
                     raise OcirtError(f"cannot exec in the container: {err}") from None
                 from ocirt import log
 
