@@ -31,7 +31,7 @@ def open_pty(master: int) -> tuple[int, int]:
     return master, slave
 
 
-def connect(socket_path: str):
+def connect(socket_path: str, what: str = "console socket"):
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
@@ -41,7 +41,7 @@ def connect(socket_path: str):
         sock.close()
         from ocirt.errors import OcirtError
 
-        raise OcirtError(f"cannot connect to console socket {socket_path}: {why(err)}") from None
+        raise OcirtError(f"cannot connect to {what} {socket_path}: {why(err)}") from None
     return sock
 
 

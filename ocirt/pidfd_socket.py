@@ -30,10 +30,7 @@ def send(path: str, pid: int) -> None:
     except OSError as err:
         raise OcirtError(f"cannot open a pidfd of process {pid}: {why(err)}") from None
     try:
-        try:
-            sock = connect(path)
-        except OcirtError as err:
-            raise OcirtError(str(err).replace("console socket", "pidfd socket")) from None
+        sock = connect(path, "pidfd socket")
         try:
             send_fd(sock, pidfd, "pidfd")
         except OSError as err:

@@ -40,7 +40,7 @@ def parse_sub_cgroups(values: list[str]) -> dict[str, str]:
         relative = posixpath.normpath(path.strip("/")) if path.strip("/") else ""
         if relative in (".", ""):
             relative = ""
-        elif relative == ".." or relative.startswith("../") or "\0" in relative:
+        elif relative == ".." or relative.startswith("../"):
             raise CgroupError(f"--cgroup {value}: {path} is not a sub-cgroup path")
         names = [name for name in controllers.split(",") if name] if colon else [""]
         if colon and not names:
