@@ -136,3 +136,22 @@ def test_detector_sees_a_forbidden_import(tmp_path):
     records = parse_importtime(done.stderr)
     assert "attr" in forbidden_imports(records)
     assert all(r.cumulative_us >= r.self_us for r in records)
+
+
+def test_import_ocirt_leaves_the_api_for_first_use():
+    """`import ocirt` (what every command's launcher does first) loads no part of ocirt.api and nothing
+    heavy; the first use of a name of the API loads it."""
+    import subprocess
+
+    def python(code: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([INTERPRETER, "-IS", "-X", "importtime", "-c",
+                               f"import sys; sys.path.insert(0, {str(helpers.REPO)!r}); {code}"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    bare = python("import ocirt")
+    assert forbidden_imports(parse_importtime(bare.stderr)) == []
+    assert not [r for r in parse_importtime(bare.stderr) if r.module.startswith("ocirt.")]
+    used = python("import ocirt; ocirt.Sandbox; print('ocirt.api' in sys.modules)")
+    assert used.stdout.split() == ["True"]
