@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _manager(container: Container) -> Manager:
-    from ocirt.container import cgroup_manager
+    from ocirt.teardown import cgroup_manager
 
     manager = cgroup_manager(container)
     if manager is None:

@@ -1,4 +1,4 @@
-"""create, run, start, state, kill, delete, list and exec: the operations of ocirt.container."""
+"""create, run, start, state, kill, delete, list and exec: over ocirt.container, run, execute and teardown."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def cmd_create(opts, cmd, positional):
 
 
 def cmd_run(opts, cmd, positional):
-    from ocirt.container import run
+    from ocirt.run import run
 
     detach = bool(cmd.get("detach"))
     options = _create_options(opts, cmd, positional, detach=detach)
@@ -113,7 +113,7 @@ def cmd_kill(opts, cmd, positional):
 
 
 def cmd_delete(opts, cmd, positional):
-    from ocirt.container import delete
+    from ocirt.teardown import delete
 
     delete(state_root(opts), positional[0], force=bool(cmd.get("force")))
 
@@ -144,7 +144,7 @@ def cmd_list(opts, cmd, positional):
 
 
 def _process_file(path: str) -> dict:
-    from ocirt.container import CONFIG_MAX_BYTES, check_json_document
+    from ocirt.config import CONFIG_MAX_BYTES, check_json_document
     from ocirt.fastjson import loads
     from ocirt.state import Unreadable, read_all
 
@@ -165,7 +165,7 @@ def _process_file(path: str) -> dict:
 
 
 def cmd_exec(opts, cmd, positional):
-    from ocirt.container import ExecOptions, exec_process
+    from ocirt.execute import ExecOptions, exec_process
 
     process = _process_file(cmd["process"]) if cmd.get("process") else None
     gids = [g for item in cmd.get("additional_gids", []) for g in item.split(",") if g]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from ocirt.container import parse_signal, parse_user
+from ocirt.container import parse_signal
 from ocirt.control import parse_duration, parse_integer, parse_resources, ram_in_bytes
 from ocirt.errors import OcirtError
+from ocirt.execute import parse_user
 from ocirt.state import validate_id
 
 # ---- container ids -----------------------------------------------------------------------------------------
