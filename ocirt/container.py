@@ -28,7 +28,9 @@ from ocirt.state import (
     STOPPED,
     Container,
 )
-from ocirt.teardown import cgroup_manager, kill_and_wait, reclaim, signal_init
+
+# delete lives in teardown with the rest of a container's end; it is one of this module's operations too.
+from ocirt.teardown import cgroup_manager, delete, kill_and_wait, reclaim, signal_init  # noqa: F401
 
 
 class CreateOptions:
