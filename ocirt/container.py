@@ -9,7 +9,7 @@ import os
 import stat
 import time
 
-from ocirt import OCI_VERSION, log
+from ocirt import log
 from ocirt.config import load_config, save_config
 from ocirt.errors import (
     ConfigError,
@@ -31,6 +31,7 @@ from ocirt.state import (
 
 # delete lives in teardown with the rest of a container's end; it is one of this module's operations too.
 from ocirt.teardown import cgroup_manager, delete, kill_and_wait, reclaim, signal_init  # noqa: F401
+from ocirt.version import OCI_VERSION
 
 
 class CreateOptions:

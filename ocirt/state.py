@@ -16,8 +16,8 @@ import fcntl
 import os
 import stat
 
-from ocirt import OCI_VERSION
 from ocirt.errors import ContainerExists, ContainerNotFound, InvalidState, OcirtError, why
+from ocirt.version import OCI_VERSION
 
 STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
@@ -51,6 +51,14 @@ def in_user_namespace() -> bool:
         except OSError:
             _in_userns = False
     return _in_userns
+
+
+def rootless_by_default() -> bool:
+    """runc's --rootless auto: unprivileged, or uid 0 inside a user namespace someone else made (rootless
+    podman runs the runtime so), unless the caller says it is really root (USER=root)."""
+    if os.geteuid() != 0:
+        return True
+    return in_user_namespace() and os.environ.get("USER") != "root"
 
 
 def default_root(rootless: bool) -> str:

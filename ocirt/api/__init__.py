@@ -39,9 +39,9 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspat
 
 
 def _is_rootless() -> bool:
-    from ocirt.cli.container import rootless_mode
+    from ocirt.state import rootless_by_default
 
-    return rootless_mode({})
+    return rootless_by_default()
 
 
 class Runtime:

@@ -104,12 +104,20 @@ class Manager:
     def _verify(self, init_pid: int | None) -> None:
         name = fs.tag_name(self.rootless)
         ours = (self._tag_value("made"), self._tag_value("joined"))
+        tags: dict[str, str | None] = {}
+
+        def tag_of(directory: str) -> str | None:
+            # Read once each: the container's own directories come up again below as ones it made.
+            if directory not in tags:
+                tags[directory] = fs.get_tag(directory, name)
+            return tags[directory]
+
         kept: dict[str, str] = {}
         for key, directory in self._paths.items():
             mount = self._hierarchy_of(key)
             if mount is None or not _inside(directory, mount):
                 continue
-            tag = fs.get_tag(directory, name)
+            tag = tag_of(directory)
             if tag in ours or (tag == fs.UNSUPPORTED and self._untagged_is_ours(directory)):
                 kept[key] = directory
         # The live init's own cgroups are the container's where they carry its tag, whatever the state says;
@@ -128,7 +136,7 @@ class Manager:
             directory = _own_dir(mount, init_cgroups[key])
             if not _inside(directory, mount):
                 continue
-            tag = fs.get_tag(directory, name)
+            tag = tag_of(directory)
             if tag in ours or (tag == fs.UNSUPPORTED and self._paths.get(key) == directory):
                 kept[key] = directory
         for key, directory in self._paths.items():
@@ -142,7 +150,7 @@ class Manager:
             def made_here(directory: str) -> bool:
                 if not any(_inside(directory, mount) for _key, mount in hierarchies):
                     return False
-                tag = fs.get_tag(directory, name)
+                tag = tag_of(directory)
                 if tag == fs.UNSUPPORTED:
                     # Without tags: a parent counts only as an ancestor of a verified cgroup of the container.
                     return any(_is_ancestor_or_same(directory, leaf) for leaf in kept.values())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ocirt import OCI_VERSION, __version__
 from ocirt.errors import OcirtError, why
+from ocirt.version import OCI_VERSION, __version__
 
 
 def cmd_spec(opts, cmd, positional):

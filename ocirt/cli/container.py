@@ -16,13 +16,9 @@ def rootless_mode(opts: dict) -> bool:
         return False
     if value != "auto":
         raise OcirtError(f"invalid --rootless value {value!r}: use auto, true or false")
-    # Like runc: unprivileged, or uid 0 inside a user namespace someone else made (rootless podman runs
-    # the runtime so), unless the caller says it is really root (USER=root).
-    if os.geteuid() != 0:
-        return True
-    from ocirt.state import in_user_namespace
+    from ocirt.state import rootless_by_default
 
-    return in_user_namespace() and os.environ.get("USER") != "root"
+    return rootless_by_default()
 
 
 def state_root(opts: dict) -> str:

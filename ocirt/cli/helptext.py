@@ -3,7 +3,7 @@ entries to render; this module imports nothing of the CLI."""
 
 from __future__ import annotations
 
-from ocirt import OCI_VERSION, __version__
+from ocirt.version import OCI_VERSION, __version__
 
 WIDTH = 100
 TAGLINE = f"an OCI runtime (runtime-spec {OCI_VERSION}), rootless first, with runc's command line"

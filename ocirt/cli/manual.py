@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ocirt import OCI_VERSION, __version__
 from ocirt.cli import ALIASES, COMMANDS, GLOBAL_FLAGS, SWITCH, VALUE
 from ocirt.cli.helptext import ABOUT, TAGLINE, command_name, usage_line
+from ocirt.version import OCI_VERSION, __version__
 
 MAN_DIR = os.path.join("man", "man8")
 COMPLETION = os.path.join("bash-completion", "completions", "ocirt")

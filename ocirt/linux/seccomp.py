@@ -523,7 +523,7 @@ def send_listener_fd(listener_path: str, notify_fd: int, state: dict, metadata: 
     import json
     import socket
 
-    from ocirt import OCI_VERSION
+    from ocirt.version import OCI_VERSION
 
     if "pid" not in state:
         raise OcirtError("cannot send the seccomp listener: the container state has no pid")

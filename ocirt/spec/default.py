@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ocirt import OCI_VERSION
+from ocirt.version import OCI_VERSION
 
 DEFAULT_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 

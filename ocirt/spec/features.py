@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ocirt import OCI_VERSION
+from ocirt.version import OCI_VERSION
 
 MOUNT_OPTIONS = [
     "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "idmap", "mand", "noatime",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from ocirt import OCI_VERSION
 from ocirt.errors import ConfigError, OcirtError
+from ocirt.version import OCI_VERSION
 
 # typing costs 10 ms to import: too much for the create path, so it is seen by type checkers only.
 TYPE_CHECKING = False
