@@ -180,8 +180,9 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         log.trace("fifo", "state saved, exec fifo %s made", container.fifo_path)
         crash_point()
         # Recorded before they exist: from here on, a crash leaves cgroups that delete --force knows of
-        # (marked "creating": which directories the dead create made, their tags say).
-        container.runtime["cgroup"] = dict(cgroup.to_state(), creating=True)
+        # (marked "creating": which directories the dead create made, their tags say, or for one made and
+        # not yet tagged, its absence from those that were there before).
+        container.runtime["cgroup"] = dict(cgroup.to_state(), creating=True, preexisting=cgroup.existing())
         container.runtime["resources"] = linux.get("resources") or {}
         container.runtime["freezer_path"] = _freezer_file(cgroup)
         container.save()

@@ -276,6 +276,9 @@ def load_manager(saved: dict, *, owner: str | None = None, init_pid: int | None 
     manager = Manager(container_id, mode, rootless, paths, v2_mount if isinstance(v2_mount, str) else None,
                       None, [], owner=owner)
     manager._made = made
+    preexisting = saved.get("preexisting")
+    if saved.get("creating") and isinstance(preexisting, list):
+        manager._fresh = set(manager._planned_chain()) - {str(item) for item in preexisting}
     if owner is not None:
         manager._verify(init_pid)
         if saved.get("creating"):

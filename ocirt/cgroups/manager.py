@@ -21,6 +21,7 @@ from ocirt.cgroups.hierarchy import (
     own_cgroups,
 )
 from ocirt.errors import CgroupError
+from ocirt.faults import crash_point
 
 _SIGKILL = 9
 STATE_VERSION = 1
@@ -64,6 +65,10 @@ class Manager:
         # Every directory create() made, top-down: the container's own cgroups and the parents it had to
         # make for them. None for a state saved before ocirt kept this list.
         self._made: list[str] | None = []
+        # Set when loading the record of a create that died: the planned directories that did not exist
+        # before it began. One of them without a tag is still that create's: a SIGKILL that lands while
+        # mkdir waits for the kernel's cgroup lock lets the mkdir finish and the tag never be written.
+        self._fresh: set[str] = set()
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -118,7 +123,8 @@ class Manager:
             if mount is None or not _inside(directory, mount):
                 continue
             tag = tag_of(directory)
-            if tag in ours or (tag == fs.UNSUPPORTED and self._untagged_is_ours(directory)):
+            if tag in ours or (tag is None and directory in self._fresh) or (
+                    tag == fs.UNSUPPORTED and self._untagged_is_ours(directory)):
                 kept[key] = directory
         # The live init's own cgroups are the container's where they carry its tag, whatever the state says;
         # where the kernel keeps tags off cgroups, the init being in the saved directory is the proof.
@@ -154,9 +160,28 @@ class Manager:
                 if tag == fs.UNSUPPORTED:
                     # Without tags: a parent counts only as an ancestor of a verified cgroup of the container.
                     return any(_is_ancestor_or_same(directory, leaf) for leaf in kept.values())
-                return tag == self._tag_value("made")
+                return tag == self._tag_value("made") or (tag is None and directory in self._fresh)
 
             self._made = [directory for directory in self._made if made_here(directory)]
+
+    def _planned_chain(self) -> list[str]:
+        """Every directory create() would make, top-down: each leaf and its parents below the mount."""
+        chain: list[str] = []
+        for key, leaf in self._paths.items():
+            mount = self._hierarchy_of(key)
+            if mount is None:
+                continue
+            directories = []
+            directory = leaf
+            while _inside(directory, mount):
+                directories.append(directory)
+                directory = posixpath.dirname(directory)
+            chain += [d for d in reversed(directories) if d not in chain]
+        return chain
+
+    def existing(self) -> list[str]:
+        """The planned directories already there, saved with the "creating" record before create()."""
+        return [directory for directory in self._planned_chain() if os.path.isdir(directory)]
 
     def _tagged_made(self) -> list[str]:
         """The container's directories and their parents that carry its "made" tag, top-down."""
@@ -172,7 +197,9 @@ class Manager:
                 chain.append(directory)
                 directory = posixpath.dirname(directory)
             for directory in reversed(chain):
-                if directory not in made and fs.get_tag(directory, name) == self._tag_value("made"):
+                tag = fs.get_tag(directory, name)
+                if directory not in made and (tag == self._tag_value("made") or
+                                              (tag is None and directory in self._fresh)):
                     made.append(directory)
         return made
 
@@ -209,6 +236,8 @@ class Manager:
                 self._check_safe(directory)
                 made_before = len(created)
                 fs.make_dirs(directory, created)
+                if len(created) > made_before:
+                    crash_point()  # made, not yet tagged: as a SIGKILL during a slow mkdir leaves it
                 # Tagged as soon as they exist: a create killed from here on leaves directories that say
                 # they are this container's.
                 for new in created[made_before:]:
