@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 
+from bench.api import measure_api_runs
 from bench.environment import Environment
 from bench.launch import BenchError, launch_overhead
 from bench.report import build_rows, render
@@ -33,6 +34,7 @@ PLAN = {
     "cycle": (20, 6),
     "parallel": (5, 2),
     "memory": (10, 4),
+    "api100_blocks": (10, 2),
 }
 RUN100_BLOCK = 10
 PARALLEL_COUNT = 20
@@ -79,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             ("cycle", lambda: measure_cycle(env, PLAN["cycle"][pick])),
             ("parallel", lambda: measure_parallel(env, PLAN["parallel"][pick], PARALLEL_COUNT)),
             ("memory", lambda: measure_memory(env, PLAN["memory"][pick])),
+            ("api100", lambda: measure_api_runs(env, PLAN["api100_blocks"][pick], RUN100_BLOCK)),
         ]
         for key, step in steps:
             t0 = time.monotonic()
             outcome = step()
             print(f"bench: {key} done in {time.monotonic() - t0:.1f} s", flush=True)
-            if key == "cycle":
+            if key in ("cycle", "api100"):
                 results.update(outcome)
             elif key == "parallel":
                 results["parallel"] = outcome["total"]
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return _finish(env, 2)
     load_after = os.getloadavg()
     order = ["run", "run100", "create", "start", "state", "kill", "delete", "parallel", "parallel_up",
-             "parallel_down", "memory"]
+             "parallel_down", "memory", "api100", "api_helper"]
     runtime_names = [r.name for r in env.runtimes]
     rows = build_rows({k: results[k] for k in order if k in results}, runtime_names)
     print()
