@@ -29,9 +29,9 @@ _LARGEST_FILE = 16 << 20
 
 def runtime_needs() -> tuple[str, ...]:
     """The syscalls the init and an exec'd process make between loading the filter and execve: the
-    union of the steps of ``ocirt.linux.init.AFTER_FILTER`` (runc's set), so a profile that allows them
+    union of the steps of ``ocirt.linux.initproc.AFTER_FILTER`` (runc's set), so a profile that allows them
     starts whatever noNewPrivileges says."""
-    from ocirt.linux.init import AFTER_FILTER
+    from ocirt.linux.initproc import AFTER_FILTER
 
     return tuple(sorted({name for step in AFTER_FILTER.values() for name in step}))
 

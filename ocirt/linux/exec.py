@@ -13,17 +13,8 @@ import os
 
 from ocirt import syscalls as sc
 from ocirt.errors import NotRunning, OcirtError
-from ocirt.linux.init import (
-    Channel,
-    Spawned,
-    _run_child,
-    close_callers_fds,
-    finish_process,
-    forward_notify_fd,
-    kill_spawned,
-    notify_listener,
-    receive_console,
-)
+from ocirt.linux.init import Channel, Spawned, forward_notify_fd, kill_spawned, receive_console
+from ocirt.linux.initproc import close_callers_fds, finish_process, notify_listener, run_child
 
 PROC_NS = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("cgroup", "cgroup"),
            ("pid", "pid"), ("time", "time"), ("mount", "mnt"))
@@ -92,7 +83,7 @@ def spawn_exec(plan: ExecPlan) -> Spawned:
     intermediate = os.fork()
     if intermediate == 0:
         parent.close()
-        _run_child(lambda: _intermediate(plan, child, ns_fds, fd_pair, console_sock), child)
+        run_child(lambda: _intermediate(plan, child, ns_fds, fd_pair, console_sock), child)
     child.close()
     for _, fd in ns_fds:
         os.close(fd)
@@ -157,7 +148,7 @@ def _intermediate(plan: ExecPlan, channel: Channel, ns_fds, fd_pair, console_soc
         os.setresuid(0, 0, 0)
     pid = os.fork()
     if pid == 0:
-        _run_child(lambda: _exec_process(plan, channel, fd_pair, console_sock), channel)
+        run_child(lambda: _exec_process(plan, channel, fd_pair, console_sock), channel)
     channel.send("pid", str(pid))
 
 

@@ -15,7 +15,7 @@ from ocirt.linux import seccomp_learn
 
 
 def test_the_runtimes_set_is_init_after_filter_computed():
-    from ocirt.linux.init import AFTER_FILTER
+    from ocirt.linux.initproc import AFTER_FILTER
 
     assert set(sp.runtime_needs()) == {name for names in AFTER_FILTER.values() for name in names}
     assert {"execve", "capset", "setuid", "write"} <= set(sp.runtime_needs())
