@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 
 from ocirt.errors import ConfigError, OcirtError, why
-from ocirt.state import Container, read_all, write_file_atomic
+from ocirt.files import read_all, write_file_atomic
+from ocirt.state import Container
 
 
 def load_config(bundle: str) -> dict:

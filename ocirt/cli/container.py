@@ -142,7 +142,7 @@ def cmd_list(opts, cmd, positional):
 def _process_file(path: str) -> dict:
     from ocirt.config import CONFIG_MAX_BYTES, check_json_document
     from ocirt.fastjson import loads
-    from ocirt.state import Unreadable, read_all
+    from ocirt.files import Unreadable, read_all
 
     try:
         with open(path, "rb") as f:
