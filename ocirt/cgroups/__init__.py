@@ -135,12 +135,15 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
                  annotations: dict | None = None) -> Manager:
     """The manager of a new container. ``owner`` (its state directory) tags the cgroups create() makes.
 
-    Device access is always set where a devices controller exists: deny all, then the config's rules, then
-    the default devices (see `devices`); on a pure cgroup v2 host only when the config names rules.
+    Device access is always set where it can be: deny all, then the config's rules, then the default
+    devices (see `devices`), through the v1 devices controller or, on a pure cgroup v2 host, a device
+    program. Rootless, only rules the config names are seen (and refused with a notice): the user namespace
+    already keeps the container from making nodes.
     """
     mode = detect_mode()
     table = mounts()
-    if (mode != "v2" and "devices" in table.v1) or (resources or {}).get("devices"):
+    if ((mode != "v2" and "devices" in table.v1) or (mode == "v2" and not rootless)
+            or (resources or {}).get("devices")):
         resources = devices.with_rules(resources)
     if systemd:
         from ocirt.cgroups.systemd import open_systemd_manager

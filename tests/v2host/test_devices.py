@@ -11,6 +11,24 @@ import pytest
 from .conftest import cgroup_dir
 
 
+def test_without_device_rules_a_rootful_container_gets_only_the_default_devices(v2bundle, caller, test_dir):
+    """As runc: deny all plus the spec's default devices, attached even when linux.resources names none."""
+    if caller.rootless:
+        pytest.skip("rootless: no device program (the user namespace forbids mknod, nodes come from the host)")
+    disk = os.stat("/tmp").st_dev
+    nodes = test_dir / "nodes"
+    nodes.mkdir()
+    os.mknod(nodes / "disk", 0o600 | 0o060000, os.makedev(os.major(disk), os.minor(disk)))
+    bundle = v2bundle(["sh", "-c", "head -c 4 /n/disk >/dev/null; echo rc=$?; echo x > /dev/null && echo null ok"],
+                      mounts=[{"destination": "/n", "type": "bind", "source": str(nodes), "options": ["rbind"]}])
+    bundle.config["linux"].pop("resources", None)
+    bundle.write()
+    result = bundle.runtime(["run", "--bundle", str(bundle.path), bundle.id])
+    assert result.returncode == 0, result.stderr
+    assert "not permitted" in result.stdout + result.stderr and "rc=1" in result.stdout, result
+    assert "null ok" in result.stdout, result
+
+
 def test_device_rules_deny_then_update_allows(v2bundle, caller, test_dir):
     if caller.rootless:
         pytest.skip("rootless: no device program (the user namespace forbids mknod, nodes come from the host)")
