@@ -149,7 +149,7 @@ def open_manager(container_id: str, cgroups_path: str | None, *, rootless: bool,
         from ocirt.cgroups.systemd import open_systemd_manager
 
         return open_systemd_manager(container_id, cgroups_path, rootless=rootless, resources=resources,
-                                    annotations=annotations)
+                                    annotations=annotations, owner=owner)
     resolver = _Resolver(container_id, cgroups_path, rootless, pure_v2=mode == "v2")
     notices: list[str] = []
     paths: dict[str, str] = {}
@@ -265,7 +265,7 @@ def load_manager(saved: dict, *, owner: str | None = None, init_pid: int | None 
     if saved.get("driver") == "systemd":
         from ocirt.cgroups.systemd import load_systemd_manager
 
-        return load_systemd_manager(saved)
+        return load_systemd_manager(saved, owner=owner, init_pid=init_pid)
     try:
         container_id = str(saved["container_id"])
         mode = str(saved["mode"])

@@ -334,7 +334,7 @@ class _DBusError(CgroupError):
 # ---- the manager ---------------------------------------------------------------------------------------------
 
 def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootless: bool, resources: dict | None,
-                         annotations: dict | None):
+                         annotations: dict | None, owner: str | None = None):
     slice_name, unit = parse_path(cgroups_path, container_id, rootless)
     slice_path = expand_slice(slice_name)
     mode = hierarchy.detect_mode()
@@ -373,7 +373,7 @@ def open_systemd_manager(container_id: str, cgroups_path: str | None, *, rootles
             paths[hierarchy.UNIFIED] = posixpath.join(table.v2.mountpoint, inner.lstrip("/"))
     notices: list[str] = []
     manager = SystemdManager(container_id, mode, rootless, paths, table.v2.mountpoint if table.v2 else None,
-                             resources, notices)
+                             resources, notices, owner=owner)
     manager.unit = unit
     manager.slice = slice_name
     manager.properties = properties + extra
@@ -403,11 +403,16 @@ class SystemdManager(Manager):
     unit = ""
     slice = ""
     properties: list = []
+    started = False  # loaded from a saved state: the scope exists (or existed)
 
     def create(self) -> None:
         """Nothing yet: a scope needs its first process, so systemd makes it in apply()."""
 
     def apply(self, pid: int) -> None:
+        if self.started:
+            # A process exec'd into a running container joins the scope's cgroups directly, as runc does.
+            super().apply(pid)
+            return
         bus = Bus(self.rootless)
         try:
             properties = [
@@ -427,10 +432,34 @@ class SystemdManager(Manager):
             bus.run_job("StartTransientUnit", "ssa(sv)a(sa(sv))", self.unit, "replace", properties, [])
         finally:
             bus.close()
+        # systemd made the scope's directories, for this container: tagged as the cgroupfs driver tags its own,
+        # so that a later command acts on them (and stops the unit) only when they carry this container's tag.
+        for directory in self._directories():
+            if os.path.isdir(directory):
+                self._tag_made(directory)
         # The rest of the limits (and the device program) through the files of the delegated cgroup.
         self._write(self._resources, [])
 
+    def _untagged_is_ours(self, directory: str) -> bool:
+        """Where the kernel keeps tags off cgroups: the scope's own directory, named after its unit."""
+        return posixpath.basename(directory) == self.unit
+
+    def _verify(self, init_pid: int | None) -> None:
+        # The hierarchies systemd keeps no directory in (cpuset, net_cls... on v1) were never the container's:
+        # nothing there to act on, and nothing to warn about.
+        self._paths = {key: directory for key, directory in self._paths.items() if os.path.isdir(directory)}
+        super()._verify(init_pid)
+
+    def owns_unit(self) -> bool:
+        """Whether the unit is verifiably this container's: one of its verified directories is the unit's own.
+        A state file naming some other unit (sshd.service) then makes delete stop nothing."""
+        return any(posixpath.basename(directory) == self.unit for directory in self._paths.values())
+
     def destroy(self, timeout: float = 2.0) -> None:
+        if self._owner is not None and not self.owns_unit():
+            # Not verifiably the container's (load_manager warned of each directory it dropped); or the
+            # create died before systemd made the scope.
+            return
         bus = Bus(self.rootless)
         try:
             bus.run_job("StopUnit", "ss", self.unit, "replace")
@@ -450,9 +479,20 @@ class SystemdManager(Manager):
         return state
 
 
-def load_systemd_manager(saved: dict):
-    manager = SystemdManager(saved["container_id"], saved["mode"], bool(saved["rootless"]), dict(saved["paths"]),
-                             saved.get("v2_mount"), None, [])
-    manager.unit = saved["unit"]
-    manager.slice = saved.get("slice", "")
+def load_systemd_manager(saved: dict, *, owner: str | None = None, init_pid: int | None = None):
+    """As cgroups.load_manager: with ``owner``, only directories that carry this container's tag (or hold its
+    live init) are kept, and the unit is stopped only if one of them is the unit's own cgroup."""
+    try:
+        unit = str(saved["unit"])
+        paths = {str(key): str(value) for key, value in dict(saved["paths"]).items()}
+        v2_mount = saved.get("v2_mount")
+        manager = SystemdManager(str(saved["container_id"]), str(saved["mode"]), bool(saved["rootless"]), paths,
+                                 v2_mount if isinstance(v2_mount, str) else None, None, [], owner=owner)
+        manager.slice = str(saved.get("slice", ""))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CgroupError("the saved cgroup state is malformed") from None
+    manager.unit = unit
+    manager.started = True
+    if owner is not None:
+        manager._verify(init_pid)
     return manager

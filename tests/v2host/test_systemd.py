@@ -4,6 +4,7 @@ properties, annotations passed through, the scope gone after delete."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -78,10 +79,49 @@ def test_scope_with_limits_as_properties_and_in_the_files(v2bundle, caller, give
             assert v1_files(props["ControlGroup"]) == [str(64 * MiB), "32", "50000", "100000"]
         pids = bundle.runtime(["ps", "--format", "json", bundle.id], global_args=SYSTEMD)
         assert pids.returncode == 0 and pids.stdout.strip() != "[]", pids
+        # An exec'd process joins the running scope (it is not started a second time).
+        joined = bundle.runtime(["exec", bundle.id, "cat", "/proc/self/cgroup"], global_args=SYSTEMD)
+        assert joined.returncode == 0, joined.stderr
+        assert f"/{unit}" in joined.stdout or MODE != "v2", joined.stdout
     finally:
         deleted = bundle.runtime(["delete", "--force", bundle.id], global_args=SYSTEMD)
     assert deleted.returncode == 0, deleted.stderr
     assert show(caller, unit, "LoadState").get("LoadState") in ("not-found", None)
+
+
+def test_a_forged_state_does_not_stop_another_unit(v2bundle, caller):
+    """The scope's directories carry the container's tag, as the cgroupfs driver's do: a state file edited to
+    name some other unit (and its cgroup) makes kill and delete act on nothing outside the container."""
+    bystander = f"ocirt-bystander-{os.getpid()}.service"
+    scope = ["--user"] if caller.rootless else []
+    started = subprocess.run(["systemd-run", *scope, f"--unit={bystander}", "sleep", "600"],
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    bundle = v2bundle(["sleep", "600"], resources={})
+    bundle.config["linux"]["cgroupsPath"] = f"{slice_for(caller)}:ocirt:{bundle.id}"
+    bundle.write()
+    unit = f"ocirt-{bundle.id}.scope"
+    try:
+        result = bundle.runtime(["run", "-d", "--bundle", str(bundle.path), bundle.id], global_args=SYSTEMD)
+        assert result.returncode == 0, result.stderr
+        group = show(caller, bystander, "ControlGroup")["ControlGroup"]
+        real_group = show(caller, unit, "ControlGroup")["ControlGroup"]
+        state_file = bundle.root / bundle.id / "state.json"
+        state = json.loads(state_file.read_text())
+        saved = state["ocirt"]["cgroup"]
+        saved["unit"] = bystander
+        saved["paths"] = {key: path.replace(real_group, group) for key, path in saved["paths"].items()}
+        assert all(os.path.isdir(path) for path in saved["paths"].values()), saved
+        state_file.write_text(json.dumps(state))
+        killed = bundle.runtime(["kill", "--all", bundle.id, "KILL"], global_args=SYSTEMD)
+        deleted = bundle.runtime(["delete", "--force", bundle.id], global_args=SYSTEMD)
+        assert "internal error" not in killed.stderr + deleted.stderr
+        assert deleted.returncode == 0, deleted.stderr
+        assert "not verifiably the container's" in killed.stderr + deleted.stderr
+        assert show(caller, bystander, "ActiveState")["ActiveState"] == "active"
+    finally:
+        systemctl(caller, "stop", unit)
+        systemctl(caller, "stop", bystander)
 
 
 def test_run_to_completion_and_the_scope_goes(v2bundle, caller):
