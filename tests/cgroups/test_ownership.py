@@ -34,6 +34,10 @@ def hierarchy_of(controller: str) -> tuple[str, str]:
     return controller, mount_of(controller)
 
 
+def tree_of(controller: str) -> str:
+    return hierarchy_of(controller)[1]
+
+
 def test_create_tags_what_it_made_and_destroy_removes_those_parents(cgroup_prefix, tmp_path):
     owner = str(tmp_path)
     manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/a/c1", rootless=False, resources=None, owner=owner)
@@ -50,8 +54,8 @@ def test_create_tags_what_it_made_and_destroy_removes_those_parents(cgroup_prefi
 
 def test_destroy_keeps_a_parent_and_a_cgroup_it_found(cgroup_prefix, tmp_path):
     owner = str(tmp_path)
-    found_parent = f"{mount_of('pids')}/{cgroup_prefix}/a"
-    found_leaf = f"{mount_of('memory')}/{cgroup_prefix}/a/c1"
+    found_parent = f"{tree_of('pids')}/{cgroup_prefix}/a"
+    found_leaf = f"{tree_of('memory')}/{cgroup_prefix}/a/c1"
     os.makedirs(found_parent)
     os.makedirs(found_leaf)
     manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/a/c1", rootless=False, resources=None, owner=owner)
@@ -59,8 +63,8 @@ def test_destroy_keeps_a_parent_and_a_cgroup_it_found(cgroup_prefix, tmp_path):
     assert fs.get_tag(found_leaf, TAG) == f"joined {owner}"
     assert fs.get_tag(found_parent, TAG) is None
     cgroups.load_manager(manager.to_state(), owner=owner).destroy()
-    assert sorted(existing_dirs(cgroup_prefix)) == sorted([f"{mount_of('pids')}/{cgroup_prefix}",
-                                                            f"{mount_of('memory')}/{cgroup_prefix}"])
+    assert sorted(existing_dirs(cgroup_prefix)) == sorted({f"{tree_of('pids')}/{cgroup_prefix}",
+                                                            f"{tree_of('memory')}/{cgroup_prefix}"})
     assert os.path.isdir(found_parent) and os.path.isdir(found_leaf)
     assert fs.get_tag(found_leaf, TAG) is None
 
@@ -72,9 +76,12 @@ def test_a_state_for_another_owner_or_outside_the_hierarchy_is_not_trusted(cgrou
     state = manager.to_state()
     other = cgroups.load_manager(state, owner=str(tmp_path / "someone-else"))
     assert other.paths() == {}
-    forged = dict(state, paths={"pids": f"{mount_of('pids')}/{cgroup_prefix}/c1/../../{cgroup_prefix}",
-                                "memory": "/tmp", "freezer": f"{mount_of('pids')}/{cgroup_prefix}/c1"})
-    assert cgroups.load_manager(forged, owner=owner).paths() == {}
+    pids_key, memory_key = hierarchy_of("pids")[0], hierarchy_of("memory")[0]
+    forgeries = [{pids_key: f"{tree_of('pids')}/{cgroup_prefix}/c1/../../{cgroup_prefix}"}, {memory_key: "/tmp"}]
+    if not PURE_V2:  # a cgroup of the container, named for another hierarchy (v2 has one)
+        forgeries.append({"freezer": f"{tree_of('pids')}/{cgroup_prefix}/c1"})
+    for paths in forgeries:
+        assert cgroups.load_manager(dict(state, paths=paths), owner=owner).paths() == {}, paths
     # Its live init is the evidence for the cgroups the state no longer names.
     child = spawn("import time\ntime.sleep(30)\n")
     manager.apply(child.pid)
@@ -94,8 +101,8 @@ def test_without_tag_support_the_fallback_is_the_containers_name(cgroup_prefix, 
     manager.create()
     state = manager.to_state()
     monkeypatch.setattr(fs, "get_tag", lambda directory, name: fs.UNSUPPORTED)
-    elsewhere = dict(state, paths={"pids": f"{mount_of('pids')}/{cgroup_prefix}"},
-                     made=[f"{mount_of('memory')}/{cgroup_prefix}"])
+    elsewhere = dict(state, paths={hierarchy_of("pids")[0]: f"{tree_of('pids')}/{cgroup_prefix}"},
+                     made=[f"{tree_of('memory')}/{cgroup_prefix}"])
     loaded = cgroups.load_manager(elsewhere, owner=owner)
     assert loaded.paths() == {} and loaded.to_state()["made"] == []
     loaded = cgroups.load_manager(state, owner=owner)
@@ -106,16 +113,18 @@ def test_without_tag_support_the_fallback_is_the_containers_name(cgroup_prefix, 
 
 
 def test_create_refuses_a_frozen_cgroup_and_removes_what_it_made(cgroup_prefix):
-    frozen = f"{mount_of('freezer')}/{cgroup_prefix}"
+    frozen = f"{tree_of('freezer')}/{cgroup_prefix}"
     os.makedirs(frozen)
-    fs.write(frozen, "freezer.state", "FROZEN")
+    freeze_file, frozen_value, thawed_value = (("cgroup.freeze", "1", "0") if PURE_V2
+                                               else ("freezer.state", "FROZEN", "THAWED"))
+    fs.write(frozen, freeze_file, frozen_value)
     try:
         manager = cgroups.open_manager("c1", f"/{cgroup_prefix}/c1", rootless=False, resources=None)
-        with pytest.raises(CgroupError, match=r"is frozen \(by an ancestor\); thaw it first"):
+        with pytest.raises(CgroupError, match=r"is frozen \((by an ancestor|frozen)\); thaw it first"):
             manager.create()
         assert existing_dirs(cgroup_prefix) == [frozen]
     finally:
-        fs.write(frozen, "freezer.state", "THAWED")
+        fs.write(frozen, freeze_file, thawed_value)
 
 
 def test_cpuset_levels_are_filled_from_the_top(cgroup_prefix, spawn):
