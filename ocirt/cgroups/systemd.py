@@ -441,8 +441,24 @@ class SystemdManager(Manager):
         self._write(self._resources, [])
 
     def _untagged_is_ours(self, directory: str) -> bool:
-        """Where the kernel keeps tags off cgroups: the scope's own directory, named after its unit."""
-        return posixpath.basename(directory) == self.unit
+        """A directory of a hierarchy that keeps tags off cgroups (v1 controllers mounted without `xattr`, as
+        systemd mounts them): the container's if it is the same cgroup as one that carries the container's tag
+        (name=systemd or cgroup2). Where no hierarchy keeps tags, only the live init is evidence."""
+        inner = self._inner(directory)
+        if inner is None or posixpath.basename(inner) != self.unit:
+            return False
+        name = fs.tag_name(self.rootless)
+        ours = (self._tag_value("made"), self._tag_value("joined"))
+        return any(self._inner(other) == inner and fs.get_tag(other, name) in ours
+                   for other in self._paths.values() if other != directory)
+
+    def _inner(self, directory: str) -> str | None:
+        """The cgroup `directory` is, relative to the mount of its hierarchy."""
+        table = hierarchy.mounts()
+        for mount in [*table.v1.values(), *([table.v2] if table.v2 else [])]:
+            if hierarchy._inside(directory, mount):
+                return directory[len(mount.mountpoint.rstrip("/")):]
+        return None
 
     def _verify(self, init_pid: int | None) -> None:
         # The hierarchies systemd keeps no directory in (cpuset, net_cls... on v1) were never the container's:
