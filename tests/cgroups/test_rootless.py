@@ -245,6 +245,10 @@ def test_delegate_a_custom_path_used_through_an_absolute_cgroups_path(test_user,
     if MODE == "v2":
         session = posixpath.join(delegated, "session")
         os.mkdir(session)
+        # The user steps back into it before removing c1: its cgroup.procs must be the user's, as in a
+        # session cgroup the user's manager made.
+        os.chown(session, test_user.uid, test_user.gid)
+        os.chown(posixpath.join(session, "cgroup.procs"), test_user.uid, test_user.gid)
     out = run_manager_as(test_user, session, id="c1", path=f"/{path}/c1", resources={"pids": {"limit": 3}},
                          create=True, read=[(cgroups.UNIFIED if MODE == "v2" else "pids", "pids.max")],
                          freeze=MODE != "v2", destroy=True, back=session)
