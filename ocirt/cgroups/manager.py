@@ -186,22 +186,13 @@ class Manager:
     def _tagged_made(self) -> list[str]:
         """The container's directories and their parents that carry its "made" tag, top-down."""
         name = fs.tag_name(self.rootless)
-        made: list[str] = []
-        for key, leaf in self._paths.items():
-            mount = self._hierarchy_of(key)
-            if mount is None:
-                continue
-            chain = []
-            directory = leaf
-            while _inside(directory, mount):
-                chain.append(directory)
-                directory = posixpath.dirname(directory)
-            for directory in reversed(chain):
-                tag = fs.get_tag(directory, name)
-                if directory not in made and (tag == self._tag_value("made") or
-                                              (tag is None and directory in self._fresh)):
-                    made.append(directory)
-        return made
+        made_tag = self._tag_value("made")
+
+        def made_here(directory: str) -> bool:
+            tag = fs.get_tag(directory, name)
+            return tag == made_tag or (tag is None and directory in self._fresh)
+
+        return [directory for directory in self._planned_chain() if made_here(directory)]
 
     def _untagged_is_ours(self, directory: str) -> bool:
         """Where the kernel keeps tags off cgroups: rootless, a cgroup of the state directory's owner (who could
