@@ -11,7 +11,6 @@ import time
 from ocirt import execfifo, log
 from ocirt.config import load_config, save_config
 from ocirt.errors import (
-    ConfigError,
     InvalidState,
     NotRunning,
     OcirtError,
@@ -59,13 +58,6 @@ class CreateOptions:
 
 
 
-def _rootfs_path(config: dict, bundle: str) -> str:
-    path = (config.get("root") or {}).get("path")
-    if not path:
-        raise ConfigError("root.path is not set")
-    return path if os.path.isabs(path) else os.path.join(bundle, path)
-
-
 # -- create ---------------------------------------------------------------------------------------------------
 def create(opts: CreateOptions, *, for_run: bool = False):
     """Create the container and leave its init waiting for `start`. Returns the init's Spawned record.
@@ -84,8 +76,7 @@ def create(opts: CreateOptions, *, for_run: bool = False):
 
 
 def _create(opts: CreateOptions, for_run: bool, warmer):
-    from ocirt.linux import namespaces
-    from ocirt.linux.process import ProcessPlan
+    from ocirt.linux import initplan
 
     if opts.pid_file:
         check_pid_file(opts.pid_file)
@@ -95,48 +86,8 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         pidfd_socket.check(opts.pidfd_socket)
     config = load_config(opts.bundle)
     log.trace("config", "%s/config.json read and validated", opts.bundle)
-    _pass_notify_socket(config)
+    plan = initplan.plan_init(config, opts, for_run=for_run)
     linux = config.get("linux") or {}
-    ns_plan = namespaces.plan_namespaces(config)
-    if opts.listen_fds and "pid" in ns_plan.new:
-        _pass_listen_fds(config, opts.listen_fds)
-    if opts.rootless and os.geteuid() != 0 and not ns_plan.has("user"):
-        raise ConfigError("rootless containers need a user namespace: add {\"type\": \"user\"} to "
-                          "linux.namespaces with uidMappings and gidMappings (see `ocirt spec --rootless`)")
-    # runtime.md: create applies everything but process, and "start ... MUST generate an error if process
-    # was not set": without one the init sets the container up and waits; at start it reports the error and
-    # exits, so the container is stopped, as after a failing startContainer hook.
-    process = config.get("process")
-    if not process and for_run:
-        raise ConfigError("$.process: run needs a process to start (create accepts a config without one)")
-    process_plan = ProcessPlan(process, linux) if process else None
-    if process_plan is not None and process_plan.terminal and opts.detach and not opts.console_socket:
-        raise ConfigError("process.terminal is true: a detached container needs --console-socket to receive "
-                          "the terminal")
-    labels = (process_plan.apparmor_profile, process_plan.selinux_label) if process_plan else (None, None)
-    if any(labels) or linux.get("mountLabel"):
-        from ocirt.linux.lsm import check_host_support
-
-        check_host_support(*labels, mount_label=linux.get("mountLabel"))
-    rootfs_path = _rootfs_path(config, opts.bundle)
-    if not os.path.isdir(rootfs_path):
-        raise ConfigError(f"rootfs {rootfs_path} does not exist or is not a directory")
-    net_devices = linux.get("netDevices")
-    if net_devices:
-        if not ns_plan.has("network"):
-            raise ConfigError("$.linux.netDevices: moving devices into the container needs a network "
-                              "namespace of its own (add {\"type\": \"network\"} to linux.namespaces)")
-        from ocirt.linux.network import check_net_devices
-
-        check_net_devices(net_devices, rootless=opts.rootless)
-    seccomp = None
-    if opts.seccomp_learn is not None:
-        seccomp = _learning_filter(opts.seccomp_learn, linux, process_plan)
-    elif linux.get("seccomp"):
-        from ocirt.linux.seccomp import compile_filter
-
-        seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(opts.rootless))
-        log.trace("seccomp", "BPF program ready (from the cache: %s)", seccomp.from_cache)
 
     container = Container.new(opts.root, opts.container_id, rootless=opts.rootless, reclaim=reclaim)
     crash_point()
@@ -153,18 +104,14 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
                 log.info(notice)
             else:
                 log.warning(notice)
-        from ocirt.linux.rootfs import plan_rootfs
-
-        rootfs_plan = plan_rootfs(config, opts.bundle, rootless=opts.rootless, no_pivot=opts.no_pivot,
-                                  cgroup_paths=cgroup.paths())
-        log.trace("plan", "mounts of rootfs %s planned", rootfs_path)
+        initplan.plan_mounts(plan, cgroup.paths())
         container.data = {
             "ociVersion": config.get("ociVersion", OCI_VERSION),
             "id": opts.container_id,
             "status": CREATING,
             "pid": 0,
             "bundle": opts.bundle,
-            "rootfs": rootfs_path,
+            "rootfs": plan.rootfs_path,
             "created": _now_rfc3339(),
             "owner": _owner(),
             "annotations": config.get("annotations") or {},
@@ -174,7 +121,8 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         crash_point()
         save_config(container, config)
         crash_point()
-        fifo_group = execfifo.make(container, ns_plan, process_plan, linux)
+        plan.fifo_path = container.fifo_path
+        plan.fifo_group = execfifo.make(container, plan.namespaces, plan.process, linux)
         log.trace("fifo", "state saved, exec fifo %s made", container.fifo_path)
         crash_point()
         # Recorded before they exist: from here on, a crash leaves cgroups that delete --force knows of
@@ -182,7 +130,7 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         # not yet tagged, its absence from those that were there before).
         container.runtime["cgroup"] = dict(cgroup.to_state(), creating=True, preexisting=cgroup.existing())
         container.runtime["resources"] = linux.get("resources") or {}
-        container.runtime["freezer_path"] = _freezer_file(cgroup)
+        container.runtime["freezer_path"] = cgroup.freezer_file()
         container.save()
         crash_point()
         cgroup.create()
@@ -191,20 +139,11 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         container.runtime["cgroup"] = cgroup.to_state()
         container.save()
         crash_point()
-        if process_plan is not None:
-            check_realtime_runtime(process_plan, cgroup)
-
-        from ocirt.linux.init import InitPlan, spawn
-
-        plan = InitPlan(config=config, bundle=opts.bundle, container_id=opts.container_id,
-                        rootless=opts.rootless, namespaces=ns_plan, rootfs=rootfs_plan, process=process_plan,
-                        seccomp=seccomp, cgroup=cgroup, fifo_path=container.fifo_path,
-                        console_socket=opts.console_socket, preserve_fds=opts.preserve_fds,
-                        no_new_keyring=opts.no_new_keyring, relay_console=opts.relay_console,
-                        die_with_runtime=not opts.detach)
+        if plan.process is not None:
+            initplan.check_realtime_runtime(plan.process, cgroup)
+        plan.cgroup = cgroup
         plan.hook_state = _hook_state(container)
         plan.close_in_child.append(container.lock_fd)
-        plan.fifo_group = fifo_group
 
         def record_init(init_pid: int, start_time: int) -> None:
             # Saved before the init may go on: a create that dies after this leaves an init that
@@ -215,7 +154,7 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
             crash_point()
 
         plan.on_init_pid = record_init
-        _preload_for_init(plan)
+        initplan.preload(plan)
 
         runtime_hook_kinds = [k for k in ("prestart", "createRuntime") if (config.get("hooks") or {}).get(k)]
 
@@ -223,10 +162,10 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
             # The hooks of create are lifecycle steps 3-5, after step 2 (the environment is created): the
             # state's "created" is "after step 2 in the lifecycle", and crun and runtime-tools read it so.
             state = dict(plan.hook_state, pid=init_pid, status=CREATED)
-            if net_devices:
+            if plan.net_devices:
                 from ocirt.linux.network import move_net_devices
 
-                container.runtime["net_devices"] = move_net_devices(net_devices, init_pid)
+                container.runtime["net_devices"] = move_net_devices(plan.net_devices, init_pid)
             try:
                 if runtime_hook_kinds:
                     from ocirt.hooks import hooks_of, run_hooks
@@ -244,6 +183,8 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
 
         if warmer is not None:
             warmer.stop()  # its thread is gone before the fork
+        from ocirt.linux.init import spawn
+
         spawned = spawn(plan, runtime_hooks)
         crash_point()
         container.data["pid"] = spawned.pid
@@ -256,7 +197,7 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
         container.save()
         crash_point()
         if opts.pid_file:
-            _write_pid_file(opts.pid_file, spawned.pid)
+            write_pid_file(opts.pid_file, spawned.pid)
             crash_point()
         if opts.pidfd_socket:
             from ocirt import pidfd_socket
@@ -283,120 +224,6 @@ def _create(opts: CreateOptions, for_run: bool, warmer):
             log.warning(f"cleanup: {err}")
         container.close()
         raise
-
-
-def _learning_filter(learn, linux: dict, process_plan):
-    """--seccomp-learn: the filter that records every syscall, in place of the config's own profile."""
-    from ocirt import seccomp_profile
-    from ocirt.linux import seccomp_learn
-    from ocirt.linux.seccomp import binding
-
-    if process_plan is None:
-        raise ConfigError("--seccomp-learn: the config has no process to learn from")
-    seccomp_learn.check_host()
-    binding()  # the names of the recorded numbers come from libseccomp: refuse now if it is missing
-    seccomp_profile.check_learning_target(learn.profile)
-    if linux.get("seccomp"):
-        log.warning("--seccomp-learn: the config's linux.seccomp is not loaded in this run: every syscall "
-                    "is recorded and allowed")
-    return seccomp_learn.LearningFilter(learn)
-
-
-NOTIFY_SOCKET_IN_CONTAINER = "/run/notify/notify.sock"
-
-
-def _pass_notify_socket(config: dict) -> None:
-    """systemd's NOTIFY_SOCKET: bind the caller's socket into the container so sd_notify reaches it."""
-    host_socket = os.environ.get("NOTIFY_SOCKET")
-    if not host_socket or host_socket.startswith("@") or not os.path.exists(host_socket):
-        return
-    config.setdefault("mounts", []).append({
-        "destination": NOTIFY_SOCKET_IN_CONTAINER, "type": "bind", "source": os.path.abspath(host_socket),
-        "options": ["bind", "nosuid", "noexec", "nodev"],
-    })
-    process = config.get("process")
-    if process is not None:
-        env = [e for e in process.get("env") or [] if not e.startswith("NOTIFY_SOCKET=")]
-        env.append(f"NOTIFY_SOCKET={NOTIFY_SOCKET_IN_CONTAINER}")
-        process["env"] = env
-
-
-def _pass_listen_fds(config: dict, count: int) -> None:
-    """Socket activation: the container's process, pid 1 of its new pid namespace, is the one the fds are for."""
-    process = config.get("process")
-    if process is None:
-        return
-    env = [e for e in process.get("env") or [] if not e.startswith(("LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES="))]
-    env += [f"LISTEN_FDS={count}", "LISTEN_PID=1"]
-    names = os.environ.get("LISTEN_FDNAMES")
-    if names:
-        env.append(f"LISTEN_FDNAMES={names}")
-    process["env"] = env
-
-
-def _preload_for_init(plan) -> None:
-    """Import now what the init needs after pivot_root, where imports no longer work."""
-    import ocirt.linux.process  # noqa: F401
-    import ocirt.linux.rootfs  # noqa: F401
-
-    if plan.create_container_hooks or plan.start_container_hooks:
-        import ocirt.hooks  # noqa: F401
-    if plan.process is None:
-        if plan.sysctl:
-            import ocirt.linux.procfs  # noqa: F401
-        return
-    if plan.sysctl or plan.process.oom_score_adj is not None:
-        import ocirt.linux.procfs  # noqa: F401
-    if plan.process.terminal or getattr(plan.seccomp, "listener_path", None):
-        # The seccomp listener fd travels to the runtime through console.send_fd too.
-        import ocirt.console  # noqa: F401
-    if plan.process.apparmor_profile or plan.process.selinux_label:
-        import ocirt.linux.lsm  # noqa: F401
-    if plan.seccomp is not None:
-        import ocirt.linux.seccomp  # noqa: F401
-    if getattr(plan.seccomp, "learning", False):
-        import struct  # noqa: F401
-
-        import ocirt.linux.seccomp_learn  # noqa: F401
-    if "network" in plan.namespaces.new:
-        import ocirt.linux.network  # noqa: F401
-
-
-def check_realtime_runtime(plan, cgroup) -> None:
-    """SCHED_FIFO and SCHED_RR fail (EPERM) in a v1 cpu cgroup without real-time runtime, which is what a
-    new cgroup gets with real-time group scheduling: say so before any process exists."""
-    from ocirt.linux.process import REALTIME_POLICIES
-
-    if plan.scheduler is None or plan.scheduler.sched_policy not in REALTIME_POLICIES:
-        return
-    directory = cgroup.paths().get("cpu")
-    if directory is None:
-        return
-    try:
-        with open(os.path.join(directory, "cpu.rt_runtime_us")) as f:
-            runtime = f.read().strip()
-    except OSError:
-        return
-    if runtime == "0":
-        raise ConfigError(f"$.process.scheduler.policy: {plan.scheduler_policy} needs real-time runtime, and the "
-                          f"container's cpu cgroup has none (cpu.rt_runtime_us is 0): set "
-                          "linux.resources.cpu.realtimeRuntime (and realtimePeriod)")
-
-
-def _cache_dir(rootless: bool) -> str:
-    if rootless:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return os.path.join(base, "ocirt")
-    return "/var/cache/ocirt"
-
-
-def _freezer_file(cgroup) -> str | None:
-    paths = cgroup.paths()
-    if "freezer" in paths:
-        return os.path.join(paths["freezer"], "freezer.state")
-    if "" in paths or "unified" in paths:
-        return os.path.join(paths.get("") or paths["unified"], "cgroup.freeze")
-    return None
 
 
 def _hook_state(container: Container) -> dict:
@@ -440,7 +267,7 @@ def check_pid_file(path: str) -> None:
         raise OcirtError(f"cannot write pid file {path}: permission denied")
 
 
-def _write_pid_file(path: str, pid: int) -> None:
+def write_pid_file(path: str, pid: int) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

@@ -7,9 +7,10 @@ import os
 
 from ocirt import log
 from ocirt.config import saved_config
-from ocirt.container import _cache_dir, _write_pid_file, check_pid_file, check_realtime_runtime
+from ocirt.container import check_pid_file, write_pid_file
 from ocirt.errors import CgroupError, ConfigError, InvalidState, NotRunning, OcirtError
 from ocirt.faults import crash_point
+from ocirt.linux.initplan import check_realtime_runtime
 from ocirt.state import PAUSED, STOPPED, Container
 from ocirt.teardown import cgroup_manager
 
@@ -154,9 +155,9 @@ def _exec_process(opts: ExecOptions) -> int:
             raise ConfigError("exec with a terminal in detached mode needs --console-socket")
         seccomp = None
         if linux.get("seccomp"):
-            from ocirt.linux.seccomp import compile_filter
+            from ocirt.linux.seccomp import cache_dir, compile_filter
 
-            seccomp = compile_filter(linux["seccomp"], cache_dir=_cache_dir(bool(container.runtime.get("rootless"))))
+            seccomp = compile_filter(linux["seccomp"], cache_dir=cache_dir(bool(container.runtime.get("rootless"))))
         cgroup = cgroup_manager(container)
         if cgroup is not None:
             check_realtime_runtime(plan_process, cgroup)
@@ -196,7 +197,7 @@ def _exec_process(opts: ExecOptions) -> int:
     crash_point()
     try:
         if opts.pid_file:
-            _write_pid_file(opts.pid_file, spawned.pid)
+            write_pid_file(opts.pid_file, spawned.pid)
         if opts.pidfd_socket:
             from ocirt import pidfd_socket
 

@@ -351,6 +351,15 @@ class Manager:
         hint = f"; {_fix_hint(_user_name(), ['freezer'])}" if self.rootless else ""
         raise CgroupError(f"cannot freeze container {self.container_id}: no freezer cgroup{hint}")
 
+    def freezer_file(self) -> str | None:
+        """The file that says whether the container is frozen, known before the cgroups exist: `state`
+        reads it for "paused" without opening a manager."""
+        if "freezer" in self._paths:
+            return os.path.join(self._paths["freezer"], "freezer.state")
+        if UNIFIED in self._paths:
+            return os.path.join(self._paths[UNIFIED], "cgroup.freeze")
+        return None
+
     def freeze(self) -> None:
         kind, directory = self._freezer()
         (v1.freeze if kind == "v1" else v2.freeze)(directory)

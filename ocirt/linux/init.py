@@ -19,14 +19,14 @@ import os
 
 from ocirt import log
 from ocirt import syscalls as sc
-from ocirt.errors import ConfigError, InitError
+from ocirt.errors import InitError
 
 # The forked processes' side; imported here, before any fork, as everything they run must be.
 from ocirt.linux.initproc import notify_listener, run_child, run_intermediate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from ocirt.linux.initplan import InitPlan
 
 
 class Channel:
@@ -93,105 +93,6 @@ class Channel:
                 pass
         # A later send (a trace line) must fail, not write into whatever reuses the numbers.
         self.read_fd = self.write_fd = -1
-
-
-class InitPlan:
-    """What the init needs, parsed in the runtime before the fork (nothing can be imported after pivot_root)."""
-
-    def __init__(self, *, config: dict, bundle: str, container_id: str, rootless: bool, namespaces, rootfs,
-                 process, seccomp, cgroup, fifo_path: str, console_socket: str | None, preserve_fds: int,
-                 no_new_keyring: bool, relay_console: bool, die_with_runtime: bool = False):
-        linux = config.get("linux") or {}
-        self.config = config
-        self.bundle = bundle
-        self.container_id = container_id
-        self.rootless = rootless
-        self.namespaces = namespaces
-        self.rootfs = rootfs
-        self.process = process
-        self.seccomp = seccomp
-        self.cgroup = cgroup
-        self.fifo_path = fifo_path
-        self.fifo_fd = -1
-        # The gid the init gives the fifo before its user switch, when the runtime may not (rootless).
-        self.fifo_group: int | None = None
-        # Called with the init's pid and start time as soon as they are known, before the init may go on.
-        self.on_init_pid: Callable[[int, int], None] | None = None
-        self.console_socket = console_socket
-        self.preserve_fds = preserve_fds
-        self.no_new_keyring = no_new_keyring
-        # None when the config has no process: the init sets everything up, then waits for a start that
-        # will refuse.
-        self.relay_console = relay_console and process is not None and process.terminal and not console_socket
-        # A foreground `run`: the container must not outlive the runtime that waits for it.
-        self.die_with_runtime = die_with_runtime
-        self.hostname = config.get("hostname")
-        self.domainname = config.get("domainname")
-        self.sysctl = dict(linux.get("sysctl") or {})
-        _check_sysctl(self.sysctl, namespaces)
-        self.time_offsets = linux.get("timeOffsets") or {}
-        self.uid_mappings = list(linux.get("uidMappings") or [])
-        self.gid_mappings = list(linux.get("gidMappings") or [])
-        hooks = config.get("hooks") or {}
-        self.create_container_hooks = list(hooks.get("createContainer") or [])
-        self.start_container_hooks = list(hooks.get("startContainer") or [])
-        self.hook_state: dict = {}
-        # fds of the runtime that the init must not keep: the state lock would block every later command.
-        self.close_in_child: list[int] = []
-        # setgroups(2) is denied in a user namespace whose single-id map the user wrote itself.
-        self.setgroups_allowed = not (rootless and namespaces.has("user") and "user" in namespaces.new
-                                      and _single_own_map(self))
-
-
-_IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
-                          "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"})
-
-
-_PROC_NS_NAMES = {"ipc": "ipc", "network": "net", "uts": "uts"}
-
-
-def _check_sysctl(sysctl: dict, namespaces) -> None:
-    """Only sysctls of a namespace the container has: any other is the host's own setting (a config's
-    kernel.core_pattern would run a program as the host's root on the next crash)."""
-    for key in sysctl:
-        parts = str(key).replace("/", ".").split(".")
-        if not all(parts):
-            raise ConfigError(f"$.linux.sysctl: malformed name {key!r}")
-        name = ".".join(parts)
-        if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
-            kind = "ipc"
-        elif name.startswith("net."):
-            kind = "network"
-        elif name == "kernel.hostname":
-            # As runc and crun: the config's hostname field is the one way to set it.
-            raise ConfigError(f"$.linux.sysctl: {key!r} conflicts with the hostname field: set hostname "
-                              "instead")
-        elif name == "kernel.domainname":
-            kind = "uts"
-        else:
-            raise ConfigError(f"$.linux.sysctl: {key!r} is not namespaced: setting it would change the host")
-        if not namespaces.has(kind):
-            raise ConfigError(f"$.linux.sysctl: {key!r} needs a {kind} namespace of the container's own")
-        path = namespaces.join.get(kind)
-        if path is not None and _same_namespace(path, _PROC_NS_NAMES[kind]):
-            # runc refuses this for the network namespace; the same holds for the other two.
-            raise ConfigError(f"$.linux.sysctl: {key!r}: the {kind} namespace {path} is the runtime's own: "
-                              "setting it would change the host")
-
-
-def _same_namespace(path: str, proc_name: str) -> bool:
-    try:
-        theirs = os.stat(path)
-        ours = os.stat(f"/proc/self/ns/{proc_name}")
-    except OSError:
-        return False
-    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
-
-
-def _single_own_map(plan: InitPlan) -> bool:
-    from ocirt.linux.idmap import is_own_single_map
-
-    return is_own_single_map(plan.uid_mappings, plan.gid_mappings, os.geteuid(), os.getegid())
 
 
 class Spawned:

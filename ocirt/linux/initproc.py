@@ -3,7 +3,7 @@ then the others, then the fork of the init), the init's steps from the namespace
 kernel needs them, and the process's last steps that exec shares (finish_process).
 
 Everything here runs after fork, so it imports nothing the runtime did not import before: ocirt.linux.init
-imports this module, and the parent preloads what the init needs after pivot_root (_preload_for_init).
+imports this module, and the parent preloads what the init needs after pivot_root (ocirt.linux.initplan.preload).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ocirt.errors import OcirtError, why
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ocirt.linux.init import Channel, InitPlan
+    from ocirt.linux.init import Channel
+    from ocirt.linux.initplan import InitPlan
 
 def notify_listener(compiled) -> str | None:
     """Where a seccomp notify fd goes; only a filter with SCMP_ACT_NOTIFY rules makes one to send."""

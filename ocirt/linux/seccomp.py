@@ -152,6 +152,14 @@ def _errno_of(action: object, errno_ret: object) -> int:
     return -1
 
 
+def cache_dir(rootless: bool) -> str:
+    """Where compiled programs are kept: the user's cache rootless, the host's otherwise."""
+    if rootless:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "ocirt")
+    return "/var/cache/ocirt"
+
+
 def compile_filter(seccomp: dict, *, cache_dir: str | None) -> CompiledFilter:
     """Build (or fetch from ``cache_dir``) the BPF program for the spec's ``linux.seccomp`` section.
 
