@@ -14,7 +14,6 @@ from ocirt.errors import (
     InvalidState,
     NotRunning,
     OcirtError,
-    why,
 )
 from ocirt.faults import crash_point
 from ocirt.state import (
@@ -260,7 +259,7 @@ def check_pid_file(path: str) -> None:
     try:
         st = os.stat(directory)
     except OSError as err:
-        raise OcirtError(f"cannot write pid file {path}: {why(err)}") from None
+        raise OcirtError.from_os(err, "stat", directory, what=f"cannot write pid file {path}") from None
     if (st.st_mode & 0o170000) != 0o040000:
         raise OcirtError(f"cannot write pid file {path}: {directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -281,7 +280,7 @@ def write_pid_file(path: str, pid: int) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise OcirtError(f"cannot write pid file {path}: {why(err)}") from None
+        raise OcirtError.from_os(err, "write", path, what=f"cannot write pid file {path}") from None
 
 
 # -- start ----------------------------------------------------------------------------------------------------

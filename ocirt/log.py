@@ -57,7 +57,8 @@ def relay_to(send) -> None:
     config.relay = send
 
 
-def log(level: str, msg: str, *args) -> None:
+def log(level: str, msg: str, *args, fields: dict | None = None) -> None:
+    """``fields`` go into the log line as keys of their own (an error's op, path, errno and hint)."""
     if LEVELS[level] < config.threshold:
         return
     if args:
@@ -71,7 +72,7 @@ def log(level: str, msg: str, *args) -> None:
     if config.path or level == "debug":
         from ocirt import logline
 
-        line = logline.format_line(level, msg, None, config.json)
+        line = logline.format_line(level, msg, fields, config.json)
         if logline.append(config.path, line) and level != "error":
             return
         if level == "debug":
@@ -97,8 +98,8 @@ def warning(msg: str, *args) -> None:
     log("warning", msg, *args)
 
 
-def error(msg: str, *args) -> None:
-    log("error", msg, *args)
+def error(msg: str, *args, fields: dict | None = None) -> None:
+    log("error", msg, *args, fields=fields)
 
 
 def trace(step: str, msg: str, *args) -> None:

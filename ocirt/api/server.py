@@ -4,7 +4,7 @@ A client with threads can't unshare or setns, and an interpreter start per conta
 container. So the client starts this process once (`ocirt.api.Runtime`), single-threaded, and sends it one
 request at a time over a SOCK_SEQPACKET socket: a JSON object, with the container's stdin, stdout and stderr
 as SCM_RIGHTS fds on `create`. It answers each with a JSON object: the result, or the error's class, message
-and exit code, which the client raises again as the same `ocirt.errors` exception.
+exit code and fields (op, path, errno, hint), which the client raises again as the same `ocirt.errors` exception.
 
 It is a child subreaper: the init of each container it creates becomes its child when the intermediate
 exits, so it reaps the init and keeps its exit status for the client (`reap`). When the client's end of the
@@ -138,7 +138,8 @@ def _error(err: Exception) -> dict:
     from ocirt.errors import OcirtError
 
     if isinstance(err, OcirtError):
-        return {"error": type(err).__name__, "message": str(err), "exit_code": err.exit_code}
+        return {"error": type(err).__name__, "message": str(err), "exit_code": err.exit_code,
+                "fields": err.fields()}
     return {"error": "OcirtError", "message": f"internal error: {type(err).__name__}: {err}", "exit_code": 1}
 
 

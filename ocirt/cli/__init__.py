@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error(str(err))
         return err.exit_code
     except OcirtError as err:
-        log.error(str(err))
+        log.error(str(err), fields=err.fields())
         return err.exit_code
     except KeyboardInterrupt:
         return 130

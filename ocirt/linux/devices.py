@@ -16,7 +16,7 @@ import os
 import stat
 
 from ocirt import syscalls
-from ocirt.errors import ConfigError, OcirtError, why
+from ocirt.errors import ConfigError, OcirtError, annotated, why
 from ocirt.linux import paths
 from ocirt.linux.kernel import Kernel, bind
 
@@ -127,14 +127,15 @@ def create_devices(kernel: Kernel, root_fd: int, devices: list[DevicePlan], *, b
     old_umask = os.umask(0)
     try:
         for dev in devices:
-            parent, name = paths.open_parent(root_fd, dev.path)
-            try:
-                if bind:
-                    _bind_host_node(kernel, parent, name, dev, host)
-                else:
-                    _make_node(kernel, parent, name, dev, host)
-            finally:
-                os.close(parent)
+            with annotated("mount" if bind else "mknod", dev.path):
+                parent, name = paths.open_parent(root_fd, dev.path)
+                try:
+                    if bind:
+                        _bind_host_node(kernel, parent, name, dev, host)
+                    else:
+                        _make_node(kernel, parent, name, dev, host)
+                finally:
+                    os.close(parent)
     finally:
         os.umask(old_umask)
 

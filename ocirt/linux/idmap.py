@@ -39,6 +39,9 @@ def _write(path: str, data: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, data.encode())
+    except OSError as err:
+        err.filename = path  # for the error's path field: the write itself names no file
+        raise
     finally:
         os.close(fd)
 
@@ -53,7 +56,8 @@ def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> 
             _write(f"/proc/{pid}/gid_map", _format(gid_mappings))
             _write(f"/proc/{pid}/uid_map", _format(uid_mappings))
         except OSError as err:
-            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}") from None
+            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}", op="write",
+                              path=_filename(err)) from None
         return
     if is_own_single_map(uid_mappings, gid_mappings, euid, egid):
         try:
@@ -61,7 +65,8 @@ def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> 
             _write(f"/proc/{pid}/gid_map", _format(gid_mappings))
             _write(f"/proc/{pid}/uid_map", _format(uid_mappings))
         except OSError as err:
-            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}") from None
+            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}", op="write",
+                              path=_filename(err)) from None
         return
     _run_helper("newgidmap", pid, gid_mappings, "/etc/subgid")
     _run_helper("newuidmap", pid, uid_mappings, "/etc/subuid")
@@ -96,3 +101,7 @@ def _run_helper(tool: str, pid: int, mappings: list[dict], grant_file: str) -> N
             f"host ids {wanted} must be granted to {user} in {grant_file}, e.g. a line "
             f"'{user}:{mappings[-1]['hostID']}:{mappings[-1]['size']}'"
         )
+
+
+def _filename(err: OSError) -> str | None:
+    return None if err.filename is None else str(err.filename)

@@ -79,8 +79,7 @@ class Channel:
         if got == kind:
             return payload
         if got == "error":
-            code, _, message = payload.partition(" ")
-            raise InitError(message, exit_code=int(code) if code.isdigit() else 1)
+            raise init_error(payload)
         if got == "eof":
             raise InitError("the container's init exited before it was ready")
         raise InitError(f"unexpected message {got!r} from the container's init")
@@ -93,6 +92,28 @@ class Channel:
                 pass
         # A later send (a trace line) must fail, not write into whatever reuses the numbers.
         self.read_fd = self.write_fd = -1
+
+
+def init_error(payload: str) -> InitError:
+    """The InitError a child's report (initproc.report) describes; a payload that is not one is the message."""
+    from ocirt.fastjson import JSONError, loads
+
+    try:
+        record = loads(payload)
+    except JSONError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("message"), str):
+        return InitError(payload or "the container's init failed without saying why")
+    code = record.get("code")
+    fields = {name: record[name] for name in ("op", "path", "hint") if isinstance(record.get(name), str)}
+    if isinstance(record.get("errno"), int):
+        fields["errno"] = record["errno"]
+    hint = fields.pop("hint", None)
+    err = InitError(record["message"], exit_code=code if isinstance(code, int) and 0 < code < 256 else 1,
+                    **fields)
+    err.hint = hint  # already in the message
+    err.kind = record.get("kind") if isinstance(record.get("kind"), str) else None
+    return err
 
 
 class Spawned:

@@ -14,7 +14,8 @@ import os
 
 from ocirt import log
 from ocirt import syscalls as sc
-from ocirt.errors import OcirtError, why
+from ocirt.errors import OcirtError, errno_of, why
+from ocirt.fastjson import dumps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,27 +28,40 @@ def notify_listener(compiled) -> str | None:
 
 
 def run_child(body, channel: Channel) -> None:
-    """Run a forked child's body; any failure goes to the runtime as one line, then the child exits."""
+    """Run a forked child's body; any failure goes to the runtime as one structured message (report), then
+    the child exits."""
     log.relay_to(channel.send)
     code = 1
     try:
         body()
         code = 0
     except OcirtError as err:
-        _report(channel, err.exit_code, str(err))
+        report(channel, err)
     except OSError as err:
-        _report(channel, 1, f"{err.strerror or err}{': ' + str(err.filename) if err.filename else ''}".lower()
-                if err.strerror else str(err))
+        report(channel, OcirtError(f"{err.strerror or err}{': ' + str(err.filename) if err.filename else ''}".lower()
+                                   if err.strerror else str(err), path=_filename(err), errno=err.errno))
     except BaseException as err:  # noqa: BLE001 - a forked child must never unwind into the runtime's code
-        _report(channel, 1, f"internal error in the container's init: {type(err).__name__}: {err}")
+        report(channel, OcirtError(f"internal error in the container's init: {type(err).__name__}: {err}"))
     os._exit(code)
 
 
-def _report(channel: Channel, code: int, message: str) -> None:
+def report(channel: Channel, err: OcirtError) -> None:
+    """The error as one line: a JSON object with the exit code, the message, the error's kind and its
+    fields (Channel.expect raises it again in the runtime). fastjson was loaded before the fork."""
+    record = dict(err.fields(), code=err.exit_code, message=str(err), kind=type(err).__name__)
+    line = dumps(record)
+    while len(line) > 3900:  # the channel's lines stay below PIPE_BUF: shorten the longest text
+        longest = max(("message", "path", "hint"), key=lambda key: len(str(record.get(key) or "")))
+        record[longest] = str(record[longest])[:len(str(record[longest])) // 2]
+        line = dumps(record)
     try:
-        channel.send("error", f"{code} {message}")
+        channel.send("error", line)
     except OSError:
         pass
+
+
+def _filename(err: OSError) -> str | None:
+    return None if err.filename is None else str(err.filename)
 
 
 # -- the intermediate process ---------------------------------------------------------------------------------
@@ -100,7 +114,8 @@ def _write_time_offsets(offsets: dict) -> None:
     try:
         os.write(fd, lines.encode())
     except OSError as err:
-        raise OcirtError(f"cannot set time namespace offsets: {why(err)}") from None
+        raise OcirtError(f"cannot set time namespace offsets: {why(err)}", op="write",
+                         path="/proc/self/timens_offsets") from None
     finally:
         os.close(fd)
 
@@ -134,7 +149,8 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         if plan.domainname:
             sc.setdomainname(plan.domainname)
     elif plan.hostname or plan.domainname:
-        raise OcirtError("hostname and domainname need a private uts namespace")
+        raise OcirtError("hostname and domainname need a private uts namespace", op="sethostname",
+                         hint='add {"type": "uts"} to linux.namespaces')
 
     # Opened now, while the host's /proc and the state dir are reachable; used after pivot_root.
     proc_fd = os.open("/proc", sc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -249,29 +265,24 @@ class AfterFilter:
         denied = self.denied(self.step, err)
         if not denied:
             return
-        message = str(err) if isinstance(err, OcirtError) else f"{self.step}: {why(err)}"
-        raise OcirtError(message + denied, getattr(err, "exit_code", None)) from None
+        if isinstance(err, OcirtError):
+            fields = err.fields()
+            fields.pop("hint", None)  # already part of str(err)
+            raise OcirtError(str(err) + denied, err.exit_code, **fields) from None
+        raise OcirtError(f"{self.step}: {why(err)}{denied}", op=self.step, path=_filename(err),
+                         errno=err.errno) from None
 
     def denied(self, step: str, err: BaseException) -> str:
         """", the seccomp profile denies X ..." when the profile denies a syscall of ``step`` with the
         error ``err`` carries; "" otherwise (or when no filter is loaded yet)."""
         if self.compiled is None:
             return ""
-        err_no = _errno_of(err)
+        err_no = errno_of(err)
         names = [name for name in AFTER_FILTER[step] if self.compiled.denies(name, err_no)]
         if not names:
             return ""
         return (f": the container's seccomp profile denies {' and '.join(names)}, which the runtime needs "
                 "between loading the filter and execve, as runc does")
-
-
-def _errno_of(err: BaseException | None) -> int | None:
-    # An OcirtError raised "from None" still carries the OSError it replaced as its context.
-    while err is not None:
-        if isinstance(err, OSError) and err.errno:
-            return err.errno
-        err = err.__context__
-    return None
 
 
 def _make_missing_cwd(cwd: str) -> None:
@@ -291,7 +302,7 @@ def _make_missing_cwd(cwd: str) -> None:
         try:
             os.close(paths.mkdir_all(root_fd, cwd, 0o755))
         except OcirtError as err:
-            raise OcirtError(f"cannot create cwd {cwd}: {err}") from None
+            raise OcirtError(f"cannot create cwd {cwd}: {err}", op="mkdir", path=cwd) from None
     finally:
         os.close(root_fd)
 
@@ -443,7 +454,8 @@ def _join_session_keyring(name: str) -> None:
     except OSError as err:
         # Kernels or seccomp profiles of the host may forbid keyrings; runc ignores ENOSYS and EACCES too.
         if err.errno not in (38, 13, 1):
-            raise OcirtError(f"cannot join a session keyring: {why(err)}") from None
+            raise OcirtError(f"cannot join a session keyring: {why(err)}", op="keyctl",
+                             hint="--no-new-keyring keeps the caller's keyring") from None
 
 
 def close_callers_fds(preserve_fds: int) -> None:

@@ -92,7 +92,8 @@ def open_join_fds(plan: NamespacePlan) -> list[tuple[str, int]]:
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as err:
-                    raise OcirtError(f"cannot open {ns_type} namespace {path}: {why(err)}") from None
+                    raise OcirtError(f"cannot open {ns_type} namespace {path}: {why(err)}", op="open",
+                                      path=path) from None
                 fds.append((ns_type, fd))
                 _check_type(fd, ns_type, path)
     except BaseException:
@@ -122,7 +123,7 @@ def join(ns_type: str, fd: int) -> None:
     try:
         sc.setns(fd, FLAGS[ns_type])
     except OSError as err:
-        raise OcirtError(f"cannot join {ns_type} namespace: {why(err)}") from None
+        raise OcirtError(f"cannot join {ns_type} namespace: {why(err)}", op="setns") from None
 
 
 def unshare(flags: int) -> None:
@@ -133,5 +134,5 @@ def unshare(flags: int) -> None:
     except OSError as err:
         names = [n for n, f in FLAGS.items() if f & flags]
         raise OcirtError(
-            f"cannot create namespaces ({', '.join(names)}): {why(err)}"
+            f"cannot create namespaces ({', '.join(names)}): {why(err)}", op="unshare"
         ) from None

@@ -232,7 +232,8 @@ def apply_rlimits(plan: ProcessPlan) -> None:
             resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as err:
             reason = why(err) if isinstance(err, OSError) and err.errno else str(err)
-            raise OcirtError(f"cannot set rlimit {name} to soft={soft} hard={hard}: {reason}") from None
+            raise OcirtError(f"cannot set rlimit {name} to soft={soft} hard={hard}: {reason}", op="setrlimit",
+                             path=name) from None
 
 
 def apply_scheduling(plan: ProcessPlan) -> None:
@@ -240,7 +241,7 @@ def apply_scheduling(plan: ProcessPlan) -> None:
         try:
             sc.personality(plan.personality)
         except OSError as err:
-            raise OcirtError(f"cannot set personality: {why(err)}") from None
+            raise OcirtError(f"cannot set personality: {why(err)}", op="personality") from None
     if plan.scheduler is not None:
         try:
             sc.sched_setattr(0, plan.scheduler)
@@ -249,18 +250,19 @@ def apply_scheduling(plan: ProcessPlan) -> None:
             if err.errno == errno.EPERM and plan.scheduler.sched_policy in REALTIME_POLICIES:
                 reason += (": a real-time policy needs CAP_SYS_NICE in the host's user namespace (or an "
                            "RLIMIT_RTPRIO of at least its priority) and real-time runtime in the cpu cgroup")
-            raise OcirtError(f"cannot set scheduler {plan.scheduler_policy}: {reason}") from None
+            raise OcirtError(f"cannot set scheduler {plan.scheduler_policy}: {reason}", op="sched_setattr",
+                             errno=err.errno) from None
     if plan.io_priority is not None:
         try:
             sc.ioprio_set(1, 0, plan.io_priority)
         except OSError as err:
-            raise OcirtError(f"cannot set I/O priority: {why(err)}") from None
+            raise OcirtError(f"cannot set I/O priority: {why(err)}", op="ioprio_set") from None
     if plan.memory_policy is not None:
         mode, nodes = plan.memory_policy
         try:
             sc.set_mempolicy(mode, nodes, nodes.bit_length() + 1 if nodes else 0)
         except OSError as err:
-            raise OcirtError(f"cannot set memory policy: {why(err)}") from None
+            raise OcirtError(f"cannot set memory policy: {why(err)}", op="set_mempolicy") from None
 
 
 # -- identity -------------------------------------------------------------------------------------------------
@@ -275,7 +277,8 @@ def switch_user(plan: ProcessPlan, *, setgroups_allowed: bool) -> None:
             os.setgroups(plan.additional_gids)
         elif plan.additional_gids:
             raise OcirtError(
-                "additionalGids need setgroups(2), which a user namespace with a single-id mapping denies"
+                "additionalGids need setgroups(2), which a user namespace with a single-id mapping denies",
+                op="setgroups", hint="map a range of ids (newuidmap, /etc/subuid) or leave additionalGids out",
             )
         # setgid/setuid, not setres*id: with CAP_SETUID they set all three ids just the same, and they are
         # what runc calls here, so what a profile written for runc allows after its filter.
@@ -283,7 +286,8 @@ def switch_user(plan: ProcessPlan, *, setgroups_allowed: bool) -> None:
         os.setuid(plan.uid)
     except OSError as err:
         raise OcirtError(
-            f"cannot switch to uid {plan.uid} gid {plan.gid}: {why(err)}"
+            f"cannot switch to uid {plan.uid} gid {plan.gid}: {why(err)}", op="setuid", errno=err.errno,
+            hint="the user namespace must map that uid and gid" if err.errno == errno.EINVAL else None,
         ) from None
     capabilities.apply(plan.capabilities)
     if plan.umask is not None:
@@ -305,14 +309,16 @@ def enter_cwd(plan: ProcessPlan, *, as_process_user: bool) -> bool:
         _enter_in_root(plan.cwd)
     except PermissionError:
         if as_process_user:
-            raise OcirtError(f"cannot change to cwd {plan.cwd}: permission denied") from None
+            raise OcirtError(f"cannot change to cwd {plan.cwd}: permission denied", op="chdir", path=plan.cwd,
+                             errno=errno.EACCES) from None
         return False
     except OSError as err:
-        raise OcirtError(f"cannot change to cwd {plan.cwd}: {why(err)}") from None
+        raise OcirtError.from_os(err, "chdir", plan.cwd, what=f"cannot change to cwd {plan.cwd}") from None
     try:
         os.getcwd()
     except FileNotFoundError:
-        raise OcirtError(f"cannot change to cwd {plan.cwd}: it is outside the container") from None
+        raise OcirtError(f"cannot change to cwd {plan.cwd}: it is outside the container", op="chdir",
+                         path=plan.cwd) from None
     return True
 
 
@@ -435,11 +441,14 @@ def find_executable(plan: ProcessPlan) -> str:
             return path
         denied = denied or path
     if denied is not None:
-        raise OcirtError(f'exec: "{name}": {denied}: permission denied')
+        raise OcirtError(f'exec: "{name}": {denied}: permission denied', op="execve", path=denied,
+                         errno=errno.EACCES)
     if "/" in name:
-        raise OcirtError(f'exec: "{name}": stat {name}: no such file or directory')
+        raise OcirtError(f'exec: "{name}": stat {name}: no such file or directory', op="execve", path=name,
+                         errno=errno.ENOENT)
     raise OcirtError(
-        f'exec: "{name}": executable file not found in $PATH: no such file or directory'
+        f'exec: "{name}": executable file not found in $PATH: no such file or directory', op="execve",
+        path=name, errno=errno.ENOENT,
     )
 
 

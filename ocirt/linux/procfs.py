@@ -151,7 +151,8 @@ def write_proc_file(relpath: str, data: str) -> None:
             written = os.write(fd, payload)
         except OSError as err:
             raise ProcfsError(
-                f"write /proc/{relpath.lstrip('/')}: {os.strerror(err.errno or errno.EIO).lower()}"
+                f"write /proc/{relpath.lstrip('/')}: {os.strerror(err.errno or errno.EIO).lower()}",
+                op="write", path=f"/proc/{relpath.lstrip('/')}", errno=err.errno,
             ) from None
         if written != len(payload):
             raise ProcfsError(f"write /proc/{relpath.lstrip('/')}: short write ({written} of {len(payload)})")

@@ -16,11 +16,12 @@ in another). Every module the init needs after pivot_root is imported here, at t
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 from ocirt import syscalls
-from ocirt.errors import ConfigError, why
+from ocirt.errors import ConfigError, annotated, why
 from ocirt.linux import cgroupmounts, devices, masks, mounts, paths
 from ocirt.linux.devices import HostDevices
 from ocirt.linux.kernel import KERNEL, Kernel
@@ -188,7 +189,7 @@ def prepare_rootfs(plan: RootfsPlan, *, console_path: str | None = None, kernel:
     try:
         plan.null_fd = kernel.clone(host_null, recursive=False)
     except OSError as err:
-        raise RootfsError(f"clone /dev/null: {why(err)}") from None
+        raise RootfsError.from_os(err, "open_tree", "/dev/null", what="clone /dev/null") from None
     finally:
         os.close(host_null)
     try:
@@ -200,18 +201,36 @@ def prepare_rootfs(plan: RootfsPlan, *, console_path: str | None = None, kernel:
         _unshare_rootfs_parents(kernel, plan.rootfs)
     plan.root_fd = _bind_rootfs(kernel, plan)
     for mount in plan.mounts:
-        if mount.fstype in ("cgroup", "cgroup2") and not mount.bind and not mount.remount:
-            cgroupmounts.mount_cgroup(kernel, plan, mount)
-        else:
-            mounts.mount_one(kernel, plan, mount)
+        with annotated("remount" if mount.remount else "mount", mount.destination,
+                       hint=_mount_hint(plan, mount)):
+            if mount.fstype in ("cgroup", "cgroup2") and not mount.bind and not mount.remount:
+                cgroupmounts.mount_cgroup(kernel, plan, mount)
+            else:
+                mounts.mount_one(kernel, plan, mount)
     if plan.setup_dev:
         existing = paths.lstat_in_root(plan.root_fd, "/dev")
         if existing is not None and stat.S_ISLNK(existing.st_mode):
-            raise RootfsError("create devices: /dev is a symlink")
-        devices.create_devices(kernel, plan.root_fd, plan.devices, bind=plan.userns, host=host_devices)
-        devices.create_dev_symlinks(plan.root_fd, kcore=plan.kcore, host=host_devices)
+            raise RootfsError("create devices: /dev is a symlink", op="mknod", path="/dev")
+        with annotated("mknod", "/dev"):
+            devices.create_devices(kernel, plan.root_fd, plan.devices, bind=plan.userns, host=host_devices)
+        with annotated("symlink", "/dev"):
+            devices.create_dev_symlinks(plan.root_fd, kcore=plan.kcore, host=host_devices)
     if console_path:
-        devices.bind_console(kernel, plan.root_fd, console_path, host_devices)
+        with annotated("mount", "/dev/console"):
+            devices.bind_console(kernel, plan.root_fd, console_path, host_devices)
+
+
+def _mount_hint(plan: RootfsPlan, mount):
+    """What to do when the kernel refuses a mount in a user namespace: bind a host directory instead."""
+    if not plan.userns or mount.bind:
+        return None
+
+    def hint(err_no: int | None) -> str | None:
+        if err_no != errno.EPERM:
+            return None
+        return (f"a user namespace may not mount a new {mount.fstype} (the kernel allows tmpfs, proc, sysfs, "
+                "devpts, mqueue and a few others): bind a host directory there instead")
+    return hint
 
 
 def mount_console(plan: RootfsPlan, slave: str | int, kernel: Kernel = KERNEL) -> None:
@@ -271,7 +290,7 @@ def _bind_rootfs(kernel: Kernel, plan: RootfsPlan) -> int:
             os.close(tree)
             raise
     except OSError as err:
-        raise RootfsError(f"bind rootfs {plan.rootfs} onto itself: {why(err)}") from None
+        raise RootfsError.from_os(err, "mount", plan.rootfs, what=f"bind rootfs {plan.rootfs} onto itself") from None
     finally:
         os.close(target)
     return tree
@@ -291,7 +310,8 @@ def enter_rootfs(plan: RootfsPlan, kernel: Kernel = KERNEL) -> None:
             kernel.pivot_root(plan.root_fd)
     except OSError as err:
         action = f"move the rootfs {plan.rootfs} to /" if plan.no_pivot else f"pivot_root into {plan.rootfs}"
-        raise RootfsError(f"{action}: {why(err)}") from None
+        raise RootfsError.from_os(err, "move_mount" if plan.no_pivot else "pivot_root", plan.rootfs,
+                                  what=action) from None
 
 
 def finish_rootfs(plan: RootfsPlan, kernel: Kernel = KERNEL) -> None:
@@ -301,16 +321,19 @@ def finish_rootfs(plan: RootfsPlan, kernel: Kernel = KERNEL) -> None:
             try:
                 kernel.set_attrs(tree, attr_set=A.MOUNT_ATTR_RDONLY)
             except OSError as err:
-                raise RootfsError(f"make {destination} read-only: {why(err)}") from None
+                raise RootfsError.from_os(err, "mount_setattr", destination,
+                                          what=f"make {destination} read-only") from None
         for path in plan.masked_paths:
-            masks.mask(kernel, root, path, plan.null_fd)
+            with annotated("mask", path):
+                masks.mask(kernel, root, path, plan.null_fd)
         for path in plan.readonly_paths:
-            masks.make_readonly(kernel, root, path)
+            with annotated("mount_setattr", path):
+                masks.make_readonly(kernel, root, path)
         if plan.readonly:
             try:
                 kernel.set_attrs(root, attr_set=A.MOUNT_ATTR_RDONLY)
             except OSError as err:
-                raise RootfsError(f"make the rootfs read-only: {why(err)}") from None
+                raise RootfsError.from_os(err, "mount_setattr", "/", what="make the rootfs read-only") from None
         if plan.rootfs_propagation is not None:
             propagation, recursive = plan.rootfs_propagation
             try:

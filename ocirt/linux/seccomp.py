@@ -517,7 +517,7 @@ def install_filter(compiled: CompiledFilter) -> int | None:
                                   ctypes.c_void_p(ctypes.addressof(fprog)))
     except OSError as err:
         raise OcirtError(f"cannot load the seccomp filter (flags {compiled.flags:#x}): "
-                         f"{why(err)}") from None
+                         f"{why(err)}", op="seccomp") from None
     return result if compiled.uses_notify else None
 
 
