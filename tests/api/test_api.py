@@ -150,7 +150,7 @@ def test_errors_are_ocirt_errors_with_the_cli_messages(api, runtime):
             try:
                 call(*args)
             except errors.OcirtError as err:
-                report([type(err).__name__, str(err), err.exit_code])
+                report([type(err).__name__, str(err), err.exit_code, err.fields()])
             else:
                 report("no error")
         attempt(runtime.state, {missing!r})
@@ -173,6 +173,9 @@ def test_errors_are_ocirt_errors_with_the_cli_messages(api, runtime):
     assert [r[1] for r in results[:-1]] == expected
     assert results[0][0] == results[1][0] == "ContainerNotFound"
     assert results[2][0] == "InitError"
+    # The init's fields cross the helper's socket too: what failed, on which path, with which errno.
+    assert results[2][3] == {"op": "execve", "path": "nonexistent-program", "errno": 2}
+    assert results[0][3] == {}
     assert all(r[2] == 1 for r in results[:-1])
     assert os.listdir(api.root) == []
 
