@@ -178,7 +178,7 @@ def withhold_unavailable(plan: CapabilityPlan) -> int:
             if held >> cap & 1 and not syscalls.prctl(syscalls.PR_CAPBSET_READ, cap):
                 held &= ~(1 << cap)
     except OSError as err:
-        raise OcirtError(f"cannot read the capabilities: {why(err)}") from None
+        raise OcirtError(f"cannot read the capabilities: {why(err)}", op="capget") from None
     wanted = plan.bounding | plan.effective | plan.inheritable | plan.permitted | plan.ambient
     missing = wanted & ~held
     if missing:
@@ -198,7 +198,7 @@ def drop_bounding(plan: CapabilityPlan) -> None:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
         except OSError as err:
             raise OcirtError(f"cannot drop {CAPABILITY_NAMES.get(cap, cap)} from the bounding set: "
-                             f"{why(err)}") from None
+                             f"{why(err)}", op="prctl") from None
 
 
 def keep_caps_for_uid_switch() -> None:
@@ -206,7 +206,7 @@ def keep_caps_for_uid_switch() -> None:
     try:
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
     except OSError as err:
-        raise OcirtError(f"cannot set keep-caps: {why(err)}") from None
+        raise OcirtError(f"cannot set keep-caps: {why(err)}", op="prctl") from None
 
 
 def apply(plan: CapabilityPlan) -> None:
@@ -215,7 +215,7 @@ def apply(plan: CapabilityPlan) -> None:
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 0)
         permitted = syscalls.capget()[1]
     except OSError as err:
-        raise OcirtError(f"cannot read the capabilities: {why(err)}") from None
+        raise OcirtError(f"cannot read the capabilities: {why(err)}", op="capget") from None
     missing = plan.permitted & ~permitted
     if missing:
         raise OcirtError(f"cannot grant {', '.join(names_of(missing))}: the runtime does not hold them")
@@ -224,16 +224,15 @@ def apply(plan: CapabilityPlan) -> None:
     except OSError as err:
         raise OcirtError(f"cannot set the capabilities (effective {plan.effective:#x}, permitted "
                          f"{plan.permitted:#x}, inheritable {plan.inheritable:#x}): "
-                         f"{why(err)}") from None
+                         f"{why(err)}", op="capset") from None
     try:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as err:
-        raise OcirtError(f"cannot clear the ambient capabilities: {why(err)}") \
-            from None
+        raise OcirtError(f"cannot clear the ambient capabilities: {why(err)}", op="prctl") from None
     for cap in range(plan.last_cap + 1):
         if plan.ambient >> cap & 1:
             try:
                 syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, cap)
             except OSError as err:
                 raise OcirtError(f"cannot raise the ambient capability {CAPABILITY_NAMES.get(cap, cap)}: "
-                                 f"{why(err)}") from None
+                                 f"{why(err)}", op="prctl") from None

@@ -144,10 +144,13 @@ def _init(plan: InitPlan, channel: Channel, fd_pair) -> None:
         bring_up_loopback()
         log.trace("network", "loopback up")
     if ns.has("uts"):
-        if plan.hostname:
-            sc.sethostname(plan.hostname)
-        if plan.domainname:
-            sc.setdomainname(plan.domainname)
+        for op, name, set_name in (("sethostname", plan.hostname, sc.sethostname),
+                                   ("setdomainname", plan.domainname, sc.setdomainname)):
+            if name:
+                try:
+                    set_name(name)
+                except OSError as err:
+                    raise OcirtError.from_os(err, op, what=f"{op} {name!r}") from None
     elif plan.hostname or plan.domainname:
         raise OcirtError("hostname and domainname need a private uts namespace", op="sethostname",
                          hint='add {"type": "uts"} to linux.namespaces')

@@ -108,7 +108,8 @@ def open_proc_file(relpath: str, flags: int) -> int:
     try:
         fd = syscalls.openat2(root, rel, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE)
     except OSError as err:
-        raise ProcfsError(f"open /proc/{rel}: {os.strerror(err.errno or errno.EIO).lower()}") from None
+        raise ProcfsError(f"open /proc/{rel}: {os.strerror(err.errno or errno.EIO).lower()}", op="open",
+                          path=f"/proc/{rel}", errno=err.errno) from None
     try:
         if syscalls.fstatfs_type(fd) != syscalls.PROC_SUPER_MAGIC:
             raise ProcfsError(f"open /proc/{rel}: not on procfs")

@@ -93,3 +93,16 @@ def test_an_error_in_the_runtime_itself_has_its_fields_too(make_bundle, harness,
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     entry = json.loads(log_file.read_text().splitlines()[-1])
     assert entry["level"] == "error" and entry["errno"] == errno.ENOENT, entry
+
+
+def test_a_sysctl_the_kernel_does_not_have(make_bundle, harness, user):
+    """The write of linux.sysctl goes through the private procfs: a key it has no file for fails to open."""
+    bundle = make_bundle(user=user, args=["true"])
+    namespaces = bundle.config["linux"]["namespaces"]
+    if not any(ns["type"] == "network" for ns in namespaces):
+        namespaces.append({"type": "network"})
+    bundle.config["linux"]["sysctl"] = {"net.ipv4.ocirt_no_such_key": "1"}
+    _, line = failed_run(bundle, harness, user)
+    entry = json.loads(line)
+    assert (entry["op"], entry["path"], entry["errno"]) == (
+        "open", "/proc/sys/net/ipv4/ocirt_no_such_key", errno.ENOENT), entry
