@@ -19,7 +19,7 @@ import os
 
 from ocirt import log
 from ocirt import syscalls as sc
-from ocirt.errors import InitError
+from ocirt.errors import CgroupError, ConfigError, HookError, InitError, OcirtError
 
 # The forked processes' side; imported here, before any fork, as everything they run must be.
 from ocirt.linux.initproc import notify_listener, run_child, run_intermediate
@@ -94,8 +94,11 @@ class Channel:
         self.read_fd = self.write_fd = -1
 
 
-def init_error(payload: str) -> InitError:
-    """The InitError a child's report (initproc.report) describes; a payload that is not one is the message."""
+def init_error(payload: str) -> OcirtError:
+    """The error a child's report (initproc.report) describes: a ConfigError, HookError or CgroupError in
+    the init is one in the runtime too (a caller may tell a bad bundle from a failed hook by its class);
+    any other is an InitError whose ``kind`` names the init's class. A payload that is not a report is
+    the message."""
     from ocirt.fastjson import JSONError, loads
 
     try:
@@ -109,11 +112,16 @@ def init_error(payload: str) -> InitError:
     if isinstance(record.get("errno"), int):
         fields["errno"] = record["errno"]
     hint = fields.pop("hint", None)
-    err = InitError(record["message"], exit_code=code if isinstance(code, int) and 0 < code < 256 else 1,
-                    **fields)
+    kind = record.get("kind") if isinstance(record.get("kind"), str) else None
+    cls = _REBUILT.get(kind or "", InitError)
+    err = cls(record["message"], exit_code=code if isinstance(code, int) and 0 < code < 256 else 1, **fields)
     err.hint = hint  # already in the message
-    err.kind = record.get("kind") if isinstance(record.get("kind"), str) else None
+    if isinstance(err, InitError):
+        err.kind = kind
     return err
+
+
+_REBUILT: dict[str, type[OcirtError]] = {cls.__name__: cls for cls in (ConfigError, HookError, CgroupError)}
 
 
 class Spawned:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ocirt.errors import ConfigError, InitError, OcirtError, annotated
+from ocirt.errors import ConfigError, HookError, InitError, OcirtError, annotated
 from ocirt.linux.init import Channel
 from ocirt.linux.initproc import report
 
@@ -45,11 +45,11 @@ def test_annotated_fills_in_what_the_error_does_not_name() -> None:
     assert (raised.value.op, raised.value.path) == ("mknod", "/dev/x")
 
 
-def round_trip(err: OcirtError) -> InitError:
+def round_trip(err: OcirtError) -> OcirtError:
     runtime, child = Channel.pair()
     try:
         report(child, err)
-        with pytest.raises(InitError) as raised:
+        with pytest.raises(OcirtError) as raised:
             runtime.expect("ready")
         return raised.value
     finally:
@@ -62,13 +62,25 @@ def test_the_init_reports_its_error_as_a_structured_message() -> None:
                        errno=errno.EINVAL, hint="check the options")
     got = round_trip(sent)
     assert str(got) == str(sent) == "mount tmpfs on /t: invalid argument; check the options"
-    assert got.exit_code == 3 and got.kind == "ConfigError"
+    assert type(got) is ConfigError and got.exit_code == 3
     assert got.fields() == sent.fields()
+
+
+def test_the_runtime_raises_the_init_s_class_where_it_means_something_to_a_caller() -> None:
+    class RootfsError(OcirtError):
+        pass
+
+    got = round_trip(HookError("createContainer hook /h failed: exit status 2"))
+    assert type(got) is HookError and str(got) == "createContainer hook /h failed: exit status 2"
+    got = round_trip(RootfsError("mount proc on /proc: permission denied", op="mount", path="/proc",
+                                 errno=errno.EPERM))
+    assert type(got) is InitError and got.kind == "RootfsError"
+    assert got.fields() == {"op": "mount", "path": "/proc", "errno": errno.EPERM}
 
 
 def test_a_message_too_long_for_one_line_is_shortened_not_broken() -> None:
     got = round_trip(OcirtError("x" * 20000, op="mount", path="/" + "p" * 20000))
-    assert got.op == "mount" and got.kind == "OcirtError"
+    assert isinstance(got, InitError) and got.op == "mount" and got.kind == "OcirtError"
     assert str(got).startswith("xxx") and len(str(got)) < 4000
 
 
