@@ -265,3 +265,17 @@ def freeze_loop(directory: str, request, frozen, thaw, timeout: float) -> None:
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
         request(False)
+
+
+def rdma_steps(resources: dict) -> list[tuple[str, str, str]]:
+    """linux.resources.rdma as (controller, file, value) steps: rdma.max reads the same in v1 and v2."""
+    steps = []
+    for device_name, limits in (resources.get("rdma") or {}).items():
+        parts = [device_name]
+        if limits.get("hcaHandles") is not None:
+            parts.append(f"hca_handle={int(limits['hcaHandles'])}")
+        if limits.get("hcaObjects") is not None:
+            parts.append(f"hca_object={int(limits['hcaObjects'])}")
+        if len(parts) > 1:
+            steps.append(("rdma", "rdma.max", " ".join(parts)))
+    return steps

@@ -169,14 +169,15 @@ def _user_name() -> str:
     runtime so) euid 0 is the user who owns that namespace, not the host's root."""
     import pwd
 
-    uid = _outer_uid(os.geteuid())
+    uid = outer_uid(os.geteuid())
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _outer_uid(uid: int) -> int:
+def outer_uid(uid: int) -> int:
+    """``uid`` as the host sees it: in a user namespace (rootless podman runs us in one) the outer one."""
     try:
         with open("/proc/self/uid_map") as f:
             for line in f:

@@ -192,27 +192,13 @@ def resource_properties(resources: dict | None, unified: bool) -> list[tuple[str
 
 # ---- D-Bus -------------------------------------------------------------------------------------------------
 
-def _host_uid() -> int:
-    """Our uid as the bus sees it: in a user namespace (rootless podman runs us in one) the outer one."""
-    uid = os.geteuid()
-    try:
-        with open("/proc/self/uid_map") as handle:
-            for line in handle:
-                inside, outside, count = (int(field) for field in line.split())
-                if inside <= uid < inside + count:
-                    return outside + uid - inside
-    except (OSError, ValueError):
-        pass
-    return uid
-
-
 def _bus_address(rootless: bool) -> str:
     if not rootless:
         return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or "unix:path=/run/dbus/system_bus_socket"
     address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
     if address:
         return address
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{_host_uid()}"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{hierarchy.outer_uid(os.geteuid())}"
     return f"unix:path={runtime_dir}/bus"
 
 
@@ -248,7 +234,7 @@ class Bus:
         try:
             sock.connect(path)
             # SASL EXTERNAL with the uid the bus sees (jeepney would send the one inside a user namespace).
-            sock.sendall(b"\0AUTH EXTERNAL " + str(_host_uid()).encode().hex().encode() + b"\r\n")
+            sock.sendall(b"\0AUTH EXTERNAL " + str(hierarchy.outer_uid(os.geteuid())).encode().hex().encode() + b"\r\n")
             reply = b""
             while not reply.endswith(b"\r\n"):
                 chunk = sock.recv(512)

@@ -125,14 +125,7 @@ def plan(resources: dict | None, notices: list[str]) -> list[Step]:
     for entry in network.get("priorities") or []:
         steps.append(("net_prio", "net_prio.ifpriomap", f"{entry['name']} {int(entry['priority'])}"))
 
-    for device_name, limits in (resources.get("rdma") or {}).items():
-        parts = [device_name]
-        if limits.get("hcaHandles") is not None:
-            parts.append(f"hca_handle={int(limits['hcaHandles'])}")
-        if limits.get("hcaObjects") is not None:
-            parts.append(f"hca_object={int(limits['hcaObjects'])}")
-        if len(parts) > 1:
-            steps.append(("rdma", "rdma.max", " ".join(parts)))
+    steps += fs.rdma_steps(resources)
 
     if resources.get("unified"):
         raise CgroupError("linux.resources.unified needs cgroup v2, but this host runs cgroup v1")

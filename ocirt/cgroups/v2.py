@@ -149,14 +149,7 @@ def plan(resources: dict | None, notices: list[str], *, rootless: bool = False) 
     if network.get("classID") or network.get("priorities"):
         notices.append("network.classID and network.priorities are ignored: cgroup v2 has no net_cls/net_prio")
 
-    for device_name, limits in (resources.get("rdma") or {}).items():
-        parts = [device_name]
-        if limits.get("hcaHandles") is not None:
-            parts.append(f"hca_handle={int(limits['hcaHandles'])}")
-        if limits.get("hcaObjects") is not None:
-            parts.append(f"hca_object={int(limits['hcaObjects'])}")
-        if len(parts) > 1:
-            steps.append(("rdma", "rdma.max", " ".join(parts)))
+    steps += fs.rdma_steps(resources)
 
     for key, value in (resources.get("unified") or {}).items():
         if "/" in key or key in (".", "..") or key.startswith("cgroup.procs") or key == "cgroup.threads":
