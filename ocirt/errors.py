@@ -35,10 +35,20 @@ class OcirtError(Exception):
     def from_os(cls, err: OSError, op: str, path: str | None = None, *, what: str | None = None,
                 hint: str | None = None, exit_code: int | None = None):
         """``err`` as ocirt says it: "<what>: <why>", where ``what`` defaults to "<op> <path>"."""
-        path = path if path is not None else (str(err.filename) if err.filename is not None else None)
+        path = path if path is not None else filename_of(err)
         if what is None:
             what = f"{op} {path}" if path else op
         return cls(f"{what}: {why(err)}", exit_code, op=op, path=path, errno=err.errno, hint=hint)
+
+    @classmethod
+    def rebuilt(cls, message: str, exit_code: int | None = None, fields: dict | None = None):
+        """An error raised again elsewhere (the init's in the runtime, the API helper's in its client):
+        ``message`` is already whole, hint included, and the fields are set as they were."""
+        err = cls.__new__(cls)  # a subclass's own __init__ may take other arguments
+        OcirtError.__init__(err, message, exit_code)
+        for name in cls.FIELDS:
+            setattr(err, name, (fields or {}).get(name))
+        return err
 
     def add_hint(self, hint: str) -> None:
         self.hint = hint
@@ -75,6 +85,11 @@ class annotated:
             hint = self.hint(err.fields().get("errno"))
             if hint:
                 err.add_hint(hint)
+
+
+def filename_of(err: OSError) -> str | None:
+    """The file an OSError names, as text."""
+    return None if err.filename is None else str(err.filename)
 
 
 def errno_of(err: BaseException | None) -> int | None:

@@ -238,13 +238,9 @@ def _rebuild_error(reply: dict) -> errors.OcirtError:
     cls = getattr(errors, str(reply.get("error")), errors.OcirtError)
     if not (isinstance(cls, type) and issubclass(cls, errors.OcirtError)):
         cls = errors.OcirtError
-    err = cls.__new__(cls)
-    errors.OcirtError.__init__(err, str(reply.get("message")), int(reply.get("exit_code", 1)))
     fields = reply.get("fields")
-    for name in errors.OcirtError.FIELDS:
-        # The hint is part of the message already: set, not added again.
-        setattr(err, name, fields.get(name) if isinstance(fields, dict) else None)
-    return err
+    return cls.rebuilt(str(reply.get("message")), int(reply.get("exit_code", 1)),
+                       fields if isinstance(fields, dict) else None)
 
 
 _default: Runtime | None = None

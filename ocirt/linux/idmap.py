@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ocirt.errors import OcirtError, why
+from ocirt.errors import OcirtError
 
 
 def _format(mappings: list[dict]) -> str:
@@ -56,8 +56,7 @@ def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> 
             _write(f"/proc/{pid}/gid_map", _format(gid_mappings))
             _write(f"/proc/{pid}/uid_map", _format(uid_mappings))
         except OSError as err:
-            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}", op="write",
-                              path=_filename(err)) from None
+            raise OcirtError.from_os(err, "write", what="cannot write the user namespace's id maps") from None
         return
     if is_own_single_map(uid_mappings, gid_mappings, euid, egid):
         try:
@@ -65,8 +64,7 @@ def write_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> 
             _write(f"/proc/{pid}/gid_map", _format(gid_mappings))
             _write(f"/proc/{pid}/uid_map", _format(uid_mappings))
         except OSError as err:
-            raise OcirtError(f"cannot write the user namespace's id maps: {why(err)}", op="write",
-                              path=_filename(err)) from None
+            raise OcirtError.from_os(err, "write", what="cannot write the user namespace's id maps") from None
         return
     _run_helper("newgidmap", pid, gid_mappings, "/etc/subgid")
     _run_helper("newuidmap", pid, uid_mappings, "/etc/subuid")
@@ -101,7 +99,3 @@ def _run_helper(tool: str, pid: int, mappings: list[dict], grant_file: str) -> N
             f"host ids {wanted} must be granted to {user} in {grant_file}, e.g. a line "
             f"'{user}:{mappings[-1]['hostID']}:{mappings[-1]['size']}'"
         )
-
-
-def _filename(err: OSError) -> str | None:
-    return None if err.filename is None else str(err.filename)

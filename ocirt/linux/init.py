@@ -111,11 +111,9 @@ def init_error(payload: str) -> OcirtError:
     fields = {name: record[name] for name in ("op", "path", "hint") if isinstance(record.get(name), str)}
     if isinstance(record.get("errno"), int):
         fields["errno"] = record["errno"]
-    hint = fields.pop("hint", None)
     kind = record.get("kind") if isinstance(record.get("kind"), str) else None
     cls = _REBUILT.get(kind or "", InitError)
-    err = cls(record["message"], exit_code=code if isinstance(code, int) and 0 < code < 256 else 1, **fields)
-    err.hint = hint  # already in the message
+    err = cls.rebuilt(record["message"], code if isinstance(code, int) and 0 < code < 256 else 1, fields)
     if isinstance(err, InitError):
         err.kind = kind
     return err

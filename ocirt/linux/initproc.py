@@ -14,7 +14,7 @@ import os
 
 from ocirt import log
 from ocirt import syscalls as sc
-from ocirt.errors import OcirtError, errno_of, why
+from ocirt.errors import OcirtError, errno_of, filename_of, why
 from ocirt.fastjson import dumps
 
 TYPE_CHECKING = False
@@ -39,7 +39,7 @@ def run_child(body, channel: Channel) -> None:
         report(channel, err)
     except OSError as err:
         report(channel, OcirtError(f"{err.strerror or err}{': ' + str(err.filename) if err.filename else ''}".lower()
-                                   if err.strerror else str(err), path=_filename(err), errno=err.errno))
+                                   if err.strerror else str(err), path=filename_of(err), errno=err.errno))
     except BaseException as err:  # noqa: BLE001 - a forked child must never unwind into the runtime's code
         report(channel, OcirtError(f"internal error in the container's init: {type(err).__name__}: {err}"))
     os._exit(code)
@@ -58,10 +58,6 @@ def report(channel: Channel, err: OcirtError) -> None:
         channel.send("error", line)
     except OSError:
         pass
-
-
-def _filename(err: OSError) -> str | None:
-    return None if err.filename is None else str(err.filename)
 
 
 # -- the intermediate process ---------------------------------------------------------------------------------
@@ -269,10 +265,8 @@ class AfterFilter:
         if not denied:
             return
         if isinstance(err, OcirtError):
-            fields = err.fields()
-            fields.pop("hint", None)  # already part of str(err)
-            raise OcirtError(str(err) + denied, err.exit_code, **fields) from None
-        raise OcirtError(f"{self.step}: {why(err)}{denied}", op=self.step, path=_filename(err),
+            raise OcirtError.rebuilt(str(err) + denied, err.exit_code, err.fields()) from None
+        raise OcirtError(f"{self.step}: {why(err)}{denied}", op=self.step, path=filename_of(err),
                          errno=err.errno) from None
 
     def denied(self, step: str, err: BaseException) -> str:

@@ -96,3 +96,15 @@ def test_a_payload_that_is_not_a_report_is_the_message(payload: str) -> None:
         child.close()
     assert str(raised.value) == (payload or "the container's init failed without saying why")
     assert raised.value.fields() == {}
+
+
+def test_an_error_raised_again_keeps_its_message_and_fields() -> None:
+    from ocirt.errors import ContainerNotFound
+
+    first = OcirtError("mount x on /m: operation not permitted", op="mount", path="/m", errno=1, hint="bind it")
+    again = OcirtError.rebuilt(str(first) + ", and more", first.exit_code, first.fields())
+    assert str(again) == "mount x on /m: operation not permitted; bind it, and more"  # the hint once
+    assert again.fields() == first.fields()
+    # A subclass whose __init__ takes other arguments is rebuilt all the same.
+    missing = ContainerNotFound.rebuilt("container 'c' does not exist", 1, None)
+    assert isinstance(missing, ContainerNotFound) and missing.fields() == {}
